@@ -1,0 +1,50 @@
+"""Analytic FLOPs of the image tower for any token schedule. 1 MAC = 2 FLOPs.
+
+Per pre-LN block with N tokens, width D and MLP hidden width H (= 4D for CLIP):
+  QKV 2*N*D*3D + scores QK^T 2*N^2*D + attention*V 2*N^2*D + out-proj 2*N*D*D + MLP 2*2*N*D*H
+  = 8*N*D^2 + 4*N*D*H + 4*N^2*D   (= 24*N*D^2 + 4*N^2*D for H = 4D; ecosystem notes E.1)
+plus the patch embedding 2*P*(3*p^2)*D and the output projection 2*D*E. Biases, LayerNorm,
+softmax and GELU (all O(N*D)) are left out; a test checks the total against
+``torch.utils.flop_counter.FlopCounterMode`` on the real open_clip module.
+"""
+from __future__ import annotations
+
+
+class FlopCount(float):
+    """Total GFLOPs (a float) that also carries the breakdown: ``.blocks`` (per-block GFLOPs),
+    ``.patch_embed``, ``.projection``, ``.tokens`` (tokens per block, CLS + extra included)."""
+
+    blocks: list[float]
+    patch_embed: float
+    projection: float
+    tokens: list[int]
+
+    def __new__(cls, blocks, patch_embed, projection, tokens):
+        obj = super().__new__(cls, sum(blocks) + patch_embed + projection)
+        obj.blocks, obj.patch_embed, obj.projection, obj.tokens = blocks, patch_embed, projection, tokens
+        return obj
+
+    def as_dict(self) -> dict:
+        return {"gflops": float(self), "blocks": self.blocks, "patch_embed": self.patch_embed,
+                "projection": self.projection, "tokens": self.tokens}
+
+
+def block_flops(n: int, d: int, hidden: int) -> float:
+    """FLOPs of one block on ``n`` tokens (formula in the module docstring)."""
+    return 8 * n * d * d + 4 * n * d * hidden + 4 * n * n * d
+
+
+def tower_flops(visual, keep: int | None, k: int, extra_tokens: int = 0) -> FlopCount:
+    from .forward import blocks
+    layers = blocks(visual)
+    d = visual.transformer.width
+    hidden = layers[0].mlp.c_fc.out_features
+    gh, gw = visual.grid_size
+    p = gh * gw
+    ph, pw = visual.patch_size if isinstance(visual.patch_size, tuple) else (visual.patch_size,) * 2
+    kept = p if keep is None else int(keep)
+    tokens = [1 + p if i < k else 1 + kept + extra_tokens for i in range(len(layers))]
+    per_block = [block_flops(n, d, hidden) / 1e9 for n in tokens]
+    patch_embed = 2 * p * 3 * ph * pw * d / 1e9
+    proj = 0.0 if visual.proj is None else 2 * d * visual.proj.shape[1] / 1e9
+    return FlopCount(per_block, patch_embed, proj, tokens)

@@ -1,0 +1,110 @@
+"""THE pruned forward pass of an open_clip ViT image tower. Every method goes through here.
+
+Stages (names follow open_clip's ``VisionTransformer``):
+  prefix  = ``_embeds`` (conv1 + CLS + positional embedding + ln_pre) then blocks ``0..k-1``
+  reduce  = gather CLS + the kept patches (or any token-reducing function, e.g. merging)
+  suffix  = optional extra tokens appended, blocks ``k..L-1``, ``_pool``, ``@ proj``
+
+Pruning convention (DESIGN.md): tokens are chosen at the *input* of block ``k``; CLS is always
+kept at index 0; kept patches keep the positional embedding added before block 0, so their order
+does not matter to the maths (we still sort ids so masks map back onto the grid).
+
+Pure functions of (module, inputs): no hooks, no state on the model, safe to share between
+requests. Nothing else in PatchRank loops over ``resblocks``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+
+from .errors import PatchRankError
+
+
+def blocks(visual) -> torch.nn.ModuleList:
+    return visual.transformer.resblocks
+
+
+def run_prefix(visual, x: torch.Tensor, k: int) -> torch.Tensor:
+    """Tokens entering block ``k``: [B, 1+P, D] (CLS first)."""
+    h = visual._embeds(x)
+    for blk in blocks(visual)[:k]:
+        h = blk(h)
+    return h
+
+
+def run_blocks(visual, h: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
+    """Blocks ``start..stop-1`` on any token sequence (used by the suffix and by golden search)."""
+    for blk in blocks(visual)[start:stop]:
+        h = blk(h)
+    return h
+
+
+def head(visual, h: torch.Tensor) -> torch.Tensor:
+    """Pool the final tokens and project: open_clip's ``_pool`` then ``@ proj`` (unnormalised)."""
+    pooled, _ = visual._pool(h)
+    return pooled @ visual.proj if visual.proj is not None else pooled
+
+
+def check_keep(keep: torch.Tensor, batch: int, num_patches: int) -> torch.Tensor:
+    """Validate patch ids ``keep`` [B,K] (row-major, 0-based, CLS excluded)."""
+    if not isinstance(keep, torch.Tensor):
+        raise PatchRankError(f"keep must be a LongTensor [B,K] of patch ids, got {type(keep).__name__}")
+    if keep.dtype not in (torch.int64, torch.int32):
+        raise PatchRankError(f"keep must hold integer patch ids, got dtype {keep.dtype}")
+    if keep.dim() == 1:
+        keep = keep.unsqueeze(0).expand(batch, -1)
+    if keep.dim() != 2 or keep.shape[0] != batch:
+        raise PatchRankError(f"keep must have shape [B={batch}, K], got {tuple(keep.shape)}")
+    if keep.shape[1] == 0:
+        raise PatchRankError("keep must keep at least one patch (K=0)")
+    if keep.shape[1] > num_patches:
+        raise PatchRankError(f"keep has K={keep.shape[1]} ids but the model has {num_patches} patches")
+    if int(keep.min()) < 0 or int(keep.max()) >= num_patches:
+        raise PatchRankError(f"keep ids must lie in [0, {num_patches - 1}], got "
+                             f"[{int(keep.min())}, {int(keep.max())}]")
+    s = keep.sort(dim=1).values
+    if (s[:, 1:] == s[:, :-1]).any():
+        raise PatchRankError("keep must not repeat a patch id within an image")
+    return keep.long()
+
+
+def gather_patches(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """CLS + the kept patch tokens, in the order given: [B, 1+K, D]."""
+    idx = torch.cat([keep.new_zeros(keep.shape[0], 1), keep + 1], dim=1)
+    return h.gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+
+
+def run_suffix(visual, h: torch.Tensor, k: int, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Blocks ``k..L-1`` on a reduced sequence, then pool + project.
+
+    ``extra``: learnable tokens appended after the reduction, either [T, D] (shallow: appended
+    once at block k) or [L-k, T, D] (deep, VPT-style: block ``k+i`` sees ``extra[i]`` in place of
+    the previous block's outputs at those positions). They are removed before pooling, so
+    mean-pooled towers average only image tokens."""
+    if extra is None:
+        return head(visual, run_blocks(visual, h, k))
+    n = h.shape[1]
+    deep = extra.dim() == 3
+    x = extra[0] if deep else extra
+    h = torch.cat([h, x.to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)], dim=1)
+    for i, blk in enumerate(blocks(visual)[k:]):
+        if deep and i > 0:
+            h = torch.cat([h[:, :n], extra[i].to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)], 1)
+        h = blk(h)
+    return head(visual, h[:, :n])
+
+
+def encode(visual, x: torch.Tensor, k: int, keep: torch.Tensor | None = None,
+           reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+           extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Image embeddings (unnormalised) with tokens reduced at the input of block ``k``.
+
+    ``keep``: patch ids [B,K]; ``reduce``: any function [B,1+P,D] -> [B,1+K,D] (e.g. token
+    merging); neither: all tokens (equals open_clip's ``encode_image``)."""
+    h = run_prefix(visual, x, k)
+    if keep is not None:
+        h = gather_patches(h, check_keep(keep, h.shape[0], h.shape[1] - 1))
+    elif reduce is not None:
+        h = reduce(h)
+    return run_suffix(visual, h, k, extra)

@@ -1,0 +1,337 @@
+"""``load_model``: an open_clip CLIP with a ViT image tower, wrapped as a ``PatchModel``.
+
+Sources of weights: ``"bundled"`` (this project's small CLIP in ``assets/bundled``, offline),
+an open_clip model name with a pretrained *tag* (downloaded through the Hugging Face cache, e.g. on
+Spaces), a name with a local checkpoint file (``.pt``/``.bin`` read with ``weights_only=True``, or
+``.safetensors``), ``"local-dir:/path"`` (open_clip's folder layout), or a name with
+``pretrained=None`` (random init, for tests and benchmarks). Weights that cannot be had fail
+within seconds with a message that says how to supply them, never after minutes of retries.
+"""
+from __future__ import annotations
+
+import difflib
+import functools
+import hashlib
+import logging
+import os
+import socket
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from . import flops as _flops
+from . import forward, rankers
+from .errors import PatchRankError, WeightsUnavailable
+from .zeroshot import ZeroShotClassifier, check_templates, clean_classnames, text_embeddings
+
+DEFAULT_TEMPLATES = ("a photo of a {}.",)
+
+
+class PatchModel:
+    """A CLIP model plus what pruning needs: patch grid, prune layer, the one pruned forward."""
+
+    def __init__(self, clip, preprocess, tokenizer, *, name: str, pretrained: str | None,
+                 prune_layer: int | None = None, model_id: str | None = None,
+                 templates: Sequence[str] = DEFAULT_TEMPLATES, classnames: Sequence[str] | None = None):
+        self.clip = clip.eval()
+        self.preprocess = preprocess
+        self.tokenizer = tokenizer
+        self.name, self.pretrained = name, pretrained
+        self.templates = tuple(templates)
+        self.classnames = tuple(classnames) if classnames else None
+        self.model_id = model_id or f"{name}/{pretrained or 'random'}/{weights_fingerprint(clip)}"
+        self._prune_layer = None
+        self.prune_layer = default_prune_layer(self.num_layers) if prune_layer is None else prune_layer
+        self._zs_cache: dict = {}
+
+    # -- geometry ---------------------------------------------------------------------------
+    @property
+    def visual(self):
+        return self.clip.visual
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return tuple(self.visual.grid_size)
+
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.visual.transformer.resblocks)
+
+    @property
+    def width(self) -> int:
+        return self.visual.transformer.width
+
+    @property
+    def embed_dim(self) -> int:
+        return self.visual.output_dim
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        s = self.visual.image_size
+        return tuple(s) if isinstance(s, (tuple, list)) else (s, s)
+
+    @property
+    def patch_size(self) -> tuple[int, int]:
+        s = self.visual.patch_size
+        return tuple(s) if isinstance(s, (tuple, list)) else (s, s)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.clip.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.clip.parameters()).device
+
+    @property
+    def prune_layer(self) -> int:
+        return self._prune_layer
+
+    @prune_layer.setter
+    def prune_layer(self, k: int) -> None:
+        if not isinstance(k, int) or not 0 <= k < self.num_layers:
+            raise PatchRankError(f"prune_layer must be an int in [0, {self.num_layers - 1}] "
+                                 f"(the block whose input is pruned), got {k!r}")
+        self._prune_layer = k
+
+    def keep_count(self, ratio: float) -> int:
+        """Kept patches for a keep ratio: round(ratio * P), at least 1 (DESIGN.md)."""
+        try:
+            r = float(ratio)
+        except (TypeError, ValueError):
+            raise PatchRankError(f"keep ratio must be a number in (0, 1], got {ratio!r}") from None
+        if not 0.0 < r <= 1.0:   # also rejects NaN
+            raise PatchRankError(f"keep ratio must be in (0, 1], got {ratio!r}")
+        return max(1, round(r * self.num_patches))
+
+    # -- forward ------------------------------------------------------------------------------
+    def _input(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor):
+            raise PatchRankError("expected a preprocessed image tensor [B,3,H,W]; use m.preprocess(img)")
+        if x.dim() == 3:
+            x = x.unsqueeze(0)
+        if x.dim() != 4 or x.shape[1] != 3 or tuple(x.shape[2:]) != self.image_size:
+            raise PatchRankError(f"expected a batch [B,3,{self.image_size[0]},{self.image_size[1]}], "
+                                 f"got {tuple(x.shape)}; use m.preprocess(img)")
+        return x.to(device=self.device, dtype=self.dtype)
+
+    def prefix(self, x: torch.Tensor) -> torch.Tensor:
+        """Tokens entering the prune layer [B,1+P,D] (what predictors and baselines read)."""
+        return forward.run_prefix(self.visual, self._input(x), self.prune_layer)
+
+    def encode_image(self, x: torch.Tensor, keep: torch.Tensor | None = None, *,
+                     keep_ratio: float | None = None, ranker=None, tokens=None,
+                     normalize: bool = False) -> torch.Tensor:
+        """Image embeddings with patches pruned at the input of block ``prune_layer``.
+
+        ``keep``: patch ids [B,K] (row-major, 0-based, CLS excluded), or ``keep_ratio`` with a
+        ``ranker`` (a predictor, or "golden", "attention", "norm", "random", "tome"); neither
+        runs all patches and equals open_clip's ``encode_image``. ``tokens``: learnable tokens
+        appended after the pruning (their ``visual`` part)."""
+        x = self._input(x)
+        extra = None
+        if tokens is not None:
+            tokens.check_model(self)
+            extra = tokens.visual_tokens()
+        k = self.prune_layer
+        if keep is not None and keep_ratio is not None:
+            raise PatchRankError("give either keep (patch ids) or keep_ratio, not both")
+        if keep_ratio is None:
+            out = forward.encode(self.visual, x, k, keep=keep, extra=extra)
+        else:
+            n_keep = self.keep_count(keep_ratio)
+            r = rankers.resolve(ranker)
+            h = forward.run_prefix(self.visual, x, k)
+            if hasattr(r, "reduce"):
+                h = r.reduce(self, h, n_keep)
+            else:
+                keep_ids = rankers.keep_from_scores(r.scores(self, x, h), n_keep)
+                h = forward.gather_patches(h, keep_ids)
+            out = forward.run_suffix(self.visual, h, k, extra)
+        return torch.nn.functional.normalize(out, dim=-1) if normalize else out
+
+    def rank(self, x: torch.Tensor, ranker) -> torch.Tensor:
+        """Patch order [B,P], most important first, from any ranker."""
+        x = self._input(x)
+        r = rankers.resolve(ranker)
+        if not hasattr(r, "scores"):
+            raise PatchRankError(f"{getattr(r, 'name', r)!r} merges tokens and has no patch order")
+        h = forward.run_prefix(self.visual, x, self.prune_layer)
+        return rankers.order_from_scores(r.scores(self, x, h))
+
+    def flops(self, keep: int | None = None, extra_tokens: int = 0) -> _flops.FlopCount:
+        return flops(self, keep=keep, extra_tokens=extra_tokens)
+
+    # -- text side ----------------------------------------------------------------------------
+    def zero_shot(self, classnames: Sequence[str] | None = None,
+                  templates: Sequence[str] | str | None = None) -> ZeroShotClassifier:
+        """Cached zero-shot classifier; ``templates="ensemble"`` averages a prompt ensemble."""
+        if classnames is None:
+            if self.classnames is None:
+                raise PatchRankError("this model has no default class names; pass classnames")
+            classnames = self.classnames
+        tpl = check_templates(templates, self.templates)
+        ctx = getattr(self.tokenizer, "context_length", 77)
+        names = clean_classnames(classnames, self.tokenizer, ctx, tpl)
+        key = (tuple(names), tpl)
+        clf = self._zs_cache.get(key)
+        if clf is None:
+            text = text_embeddings(self.clip, self.tokenizer, names, tpl)
+            clf = ZeroShotClassifier(names, tpl, text, float(self.clip.logit_scale.detach().exp()))
+            if len(self._zs_cache) >= 16:
+                self._zs_cache.pop(next(iter(self._zs_cache)))
+            self._zs_cache[key] = clf
+        return clf
+
+    def __repr__(self) -> str:
+        return (f"PatchModel({self.name!r}, pretrained={self.pretrained!r}, grid={self.grid}, "
+                f"layers={self.num_layers}, width={self.width}, prune_layer={self.prune_layer}, "
+                f"dtype={self.dtype})")
+
+
+def flops(m: PatchModel, keep: int | None = None, extra_tokens: int = 0) -> _flops.FlopCount:
+    """Analytic image-encoder GFLOPs (1 MAC = 2 FLOPs) keeping ``keep`` patches from the prune
+    layer on, plus ``extra_tokens`` learnable tokens; ``.blocks`` has the per-block breakdown."""
+    if keep is not None and not 1 <= int(keep) <= m.num_patches:
+        raise PatchRankError(f"keep must be a patch count in [1, {m.num_patches}], got {keep}")
+    if extra_tokens < 0:
+        raise PatchRankError("extra_tokens must be >= 0")
+    return _flops.tower_flops(m.visual, keep, m.prune_layer, extra_tokens)
+
+
+def default_prune_layer(num_layers: int) -> int:
+    """Input of block round(L/4): 3 for 12 blocks, as in the paper (spec b.0)."""
+    return max(0, min(num_layers - 1, round(num_layers / 4)))
+
+
+def weights_fingerprint(clip) -> str:
+    """Short hash of a few weight tensors: tells two models apart without hashing 100s of MB."""
+    h = hashlib.sha256()
+    v = clip.visual
+    for t in (v.conv1.weight, v.positional_embedding, v.proj if v.proj is not None else v.conv1.weight):
+        h.update(t.detach().float().cpu().contiguous().numpy().tobytes()[:65536])
+    return h.hexdigest()[:12]
+
+
+# -- loading --------------------------------------------------------------------------------------
+def _check_vit(clip, name: str) -> None:
+    from open_clip.transformer import VisionTransformer
+    visual = getattr(clip, "visual", None)
+    if not isinstance(visual, VisionTransformer):
+        raise PatchRankError(
+            f"{name}: its image tower is {type(visual).__name__}, not open_clip's VisionTransformer. "
+            "PatchRank prunes patch tokens of ViT towers only (e.g. ViT-B-32, ViT-B-16, ViT-L-14, "
+            "ViT-S-16, or the bundled model); ResNet (ModifiedResNet) and timm trunks such as "
+            "MobileCLIP or SigLIP are not supported.")
+    if getattr(visual, "attn_pool", None) is not None:
+        raise PatchRankError(f"{name}: attentional pooling (CoCa-style) towers are not supported")
+    if not getattr(visual.transformer, "batch_first", True):
+        raise PatchRankError(f"{name}: sequence-first transformers are not supported")
+
+
+def _how_to_supply(name: str, tag: str) -> str:
+    return (f"Supply the weights one of these ways: run where the Hugging Face Hub is reachable "
+            f"(e.g. on Spaces; add the repo to preload_from_hub), pass a local checkpoint file "
+            f"(load_model({name!r}, pretrained='/path/to/{name}-{tag}.safetensors'); add "
+            f"force_quick_gelu=True for OpenAI weights), or an open_clip folder "
+            f"(load_model('local-dir:/path/to/folder')). The default load_model() needs no download.")
+
+
+@functools.lru_cache(maxsize=1)
+def _hub_reachable(timeout: float = 2.0) -> bool:
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _cached_hub_file(cfg: dict) -> str | None:
+    from huggingface_hub import try_to_load_from_cache
+    repo = (cfg.get("hf_hub") or "").rstrip("/")
+    if not repo:
+        return None
+    for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
+        path = try_to_load_from_cache(repo, fname)
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
+
+
+def _load_open_clip(name: str, pretrained: str | None, force_quick_gelu: bool | None):
+    import open_clip
+    kwargs = {}
+    if force_quick_gelu is not None:
+        kwargs["force_quick_gelu"] = force_quick_gelu
+    if name.startswith("local-dir:"):
+        folder = Path(name[len("local-dir:"):])
+        if not (folder / "open_clip_config.json").is_file():
+            raise WeightsUnavailable(f"{folder} is not an open_clip model folder (it needs "
+                                     "open_clip_config.json beside the weights)")
+        model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
+        return model, preprocess, open_clip.get_tokenizer(name)
+    known = open_clip.list_models()
+    if name not in known:
+        close = difflib.get_close_matches(name, known, n=4)
+        raise PatchRankError(f"unknown open_clip model {name!r}" +
+                             (f"; did you mean {', '.join(close)}?" if close else ""))
+    tokenizer = open_clip.get_tokenizer(name)
+    if pretrained is None:
+        logging.getLogger().disabled, was = True, logging.getLogger().disabled
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **kwargs)
+        finally:
+            logging.getLogger().disabled = was
+        return model, preprocess, tokenizer
+    looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
+    if looks_like_path or os.path.exists(pretrained):
+        if not os.path.isfile(pretrained):
+            raise WeightsUnavailable(f"checkpoint file not found: {pretrained}")
+        model, _, preprocess = open_clip.create_model_and_transforms(
+            name, pretrained=pretrained, weights_only=True, **kwargs)
+        return model, preprocess, tokenizer
+    tags = open_clip.list_pretrained_tags_by_model(name)
+    if pretrained not in tags:
+        raise WeightsUnavailable(f"{name} has no pretrained tag {pretrained!r}; known tags: "
+                                 f"{', '.join(tags) or 'none (random init only)'}")
+    cfg = open_clip.get_pretrained_cfg(name, pretrained)
+    cached = _cached_hub_file(cfg)
+    if cached is None:
+        from huggingface_hub import constants
+        if constants.HF_HUB_OFFLINE or not _hub_reachable():
+            why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub is unreachable"
+            raise WeightsUnavailable(f"weights for {name}/{pretrained} are not in the local Hugging "
+                                     f"Face cache and {why}. " + _how_to_supply(name, pretrained))
+    try:
+        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **kwargs)
+    except RuntimeError as e:
+        raise WeightsUnavailable(f"could not load {name}/{pretrained}: {e}. "
+                                 + _how_to_supply(name, pretrained)) from None
+    return model, preprocess, tokenizer
+
+
+def load_model(name: str = "bundled", pretrained: str | None = None, *, prune_layer: int | None = None,
+               dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
+               force_quick_gelu: bool | None = None) -> PatchModel:
+    """Load a CLIP with a ViT image tower as a PatchModel (see the module docstring).
+
+    ``dtype``: float32 (default) or bfloat16/float16 weights (bf16 is fast only on CPUs with
+    AMX or avx512_bf16; measure with ``benchmarks/pruned_speed.py``)."""
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise PatchRankError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16, got {dtype}")
+    if name == "bundled":
+        from .bundled import load_bundled
+        m = load_bundled(prune_layer=prune_layer)
+    else:
+        clip, preprocess, tokenizer = _load_open_clip(name, pretrained, force_quick_gelu)
+        _check_vit(clip, name)
+        m = PatchModel(clip, preprocess, tokenizer, name=name, pretrained=pretrained,
+                       prune_layer=prune_layer)
+    if dtype != torch.float32 or str(device) != "cpu":
+        m.clip.to(device=device, dtype=dtype)
+    return m
