@@ -1,0 +1,243 @@
+"""Baseline rankers and mergers, compared with the predictor at the same kept count and layer.
+
+Each one plugs into the one pruned forward (``patchrank.forward`` via ``m.encode_image``):
+rankers give ``scores(m, x, h) -> [B,P]`` (higher = kept first) and mergers give
+``reduce(m, h, k) -> [B,1+k,D]``, so every method ends with CLS + ``k`` tokens entering block
+``m.prune_layer`` and costs the same FLOPs from there on.
+
+- ``random``: uniform random scores (seeded; deterministic by default).
+- ``attention``: CLS-to-patch attention of block k-1, the last block before pruning, recomputed
+  from its weights and averaged over heads (the paper's commented CLS-attention baseline, spec e,
+  moved to our "prune at the input of block k" convention).
+- ``attention+fuse``: EViT (Liang et al., ICLR 2022): keep the k-1 most attended patches and fuse
+  the rest into one token weighted by their attention, so 1+k tokens go on.
+- ``norm``: L2 norm of each patch token entering block k.
+- ``tome``: ToMe-style bipartite soft matching (Bolya et al., ICLR 2023), merging the patches
+  entering block k down to k tokens; ``tome_groups`` says which patches went into which token.
+
+Registered with ``patchrank.rankers`` at import time, so ``ranker="attention"`` etc. work.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from . import forward, rankers
+from .errors import PatchRankError
+
+
+# -- attention ------------------------------------------------------------------------------------
+def _qk_weights(block) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+    attn = block.attn
+    if getattr(attn, "scaled_cosine", False) or getattr(attn, "head_scale", None) is not None:
+        raise PatchRankError("CLS attention is recomputed for plain dot-product attention only; "
+                             "this block uses scaled-cosine attention or head scaling")
+    if not hasattr(attn, "in_proj_weight") or attn.in_proj_weight is None:
+        raise PatchRankError(f"{type(attn).__name__} has no packed in_proj_weight to recompute "
+                             "attention from")
+    return attn.in_proj_weight, attn.in_proj_bias, attn.num_heads
+
+
+def cls_attention(block, h: torch.Tensor) -> torch.Tensor:
+    """Head-averaged attention of the CLS query to every patch in ``block`` on input ``h``: [B,P].
+
+    softmax(q_cls k^T / sqrt(d_h)) per head over all 1+P keys (Vaswani et al. 2017, eq. 1), with
+    q, k from ``ln_1(h)`` and the block's packed in-projection; the CLS column is then dropped, so
+    rows sum to 1 - attention-to-CLS. Recomputed from weights because open_clip calls
+    ``nn.MultiheadAttention`` with ``need_weights=False`` (ecosystem notes A.2, A.6). Costs about
+    2ND^2 + 2ND FLOPs (key projection + one query row), negligible next to a block."""
+    w, b, heads = _qk_weights(block)
+    bsz, n, d = h.shape
+    dh = d // heads
+    y = block.ln_1(h)
+    q = F.linear(y[:, :1], w[:d], None if b is None else b[:d])               # [B,1,D]
+    k = F.linear(y, w[d:2 * d], None if b is None else b[d:2 * d])            # [B,N,D]
+    q = q.view(bsz, 1, heads, dh).transpose(1, 2).float()                     # [B,H,1,dh]
+    k = k.view(bsz, n, heads, dh).transpose(1, 2).float()                     # [B,H,N,dh]
+    a = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dh), dim=-1)       # [B,H,1,N]
+    return a.mean(dim=1)[:, 0, 1:]
+
+
+class AttentionRanker:
+    """CLS attention of block k-1 (the block whose output is pruned). It needs the tokens entering
+    block k-1, which the pruned forward does not keep, so they are recomputed with
+    ``forward.run_prefix(visual, x, k-1)`` (k-1 extra blocks; our own choice of faithfulness over
+    cost). With k = 0 there is no earlier block: block 0's own attention on ``h`` is used."""
+
+    name = "attention"
+
+    def scores(self, m, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        k = m.prune_layer
+        with torch.no_grad():
+            if k == 0:
+                return cls_attention(forward.blocks(m.visual)[0], h)
+            h_prev = forward.run_prefix(m.visual, x.to(device=h.device, dtype=h.dtype), k - 1)
+            return cls_attention(forward.blocks(m.visual)[k - 1], h_prev)
+
+
+def fuse_tokens(h: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
+    """EViT fusion: CLS + the k-1 highest-scoring patches (sorted by id) + one token that is the
+    score-weighted mean of all the other patches (Liang et al. 2022, eq. 4): [B,1+k,D].
+
+    The fused token takes one of the k slots so the token count, and hence the FLOPs, equal plain
+    pruning to k. With k = P nothing is pruned and ``h`` is returned unchanged."""
+    p = h.shape[1] - 1
+    if not 1 <= k <= p:
+        raise PatchRankError(f"k must be in [1, {p}], got {k}")
+    if k == p:
+        return h
+    order = rankers.order_from_scores(scores)
+    kept, dropped = order[:, :k - 1].sort(dim=1).values, order[:, k - 1:]
+    w = scores.float().gather(1, dropped).clamp_min(0)
+    w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
+    tok = h[:, 1:].gather(1, dropped.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
+    fused = (w.unsqueeze(-1) * tok.float()).sum(dim=1, keepdim=True).to(h.dtype)
+    return torch.cat([forward.gather_patches(h, kept), fused], dim=1)
+
+
+class AttentionFuseMerger:
+    """EViT-style pruning with fusion, as a merger. ``reduce`` sees only ``h`` (the tokens entering
+    block k), not the input of block k-1, so it scores with block k's own CLS attention on ``h``
+    — which is also what EViT does (it ranks by the attention of the block where it prunes)."""
+
+    name = "attention+fuse"
+
+    def reduce(self, m, h: torch.Tensor, k: int) -> torch.Tensor:
+        with torch.no_grad():
+            a = cls_attention(forward.blocks(m.visual)[m.prune_layer], h)
+        return fuse_tokens(h, a, k)
+
+
+# -- norm and random ------------------------------------------------------------------------------
+class NormRanker:
+    """L2 norm of each patch token entering block k (large-norm tokens carry more signal)."""
+
+    name = "norm"
+
+    def scores(self, m, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        return h[:, 1:].detach().float().norm(dim=-1)
+
+
+class RandomRanker:
+    """Uniform random scores. Each call draws from ``generator`` if given, else from a fresh
+    generator seeded with ``seed``, so the default is the same choice every call."""
+
+    name = "random"
+
+    def __init__(self, seed: int = 0):
+        self.seed = seed
+
+    def scores(self, m, x: torch.Tensor, h: torch.Tensor,
+               generator: torch.Generator | None = None) -> torch.Tensor:
+        g = generator if generator is not None else torch.Generator().manual_seed(self.seed)
+        return torch.rand(h.shape[0], h.shape[1] - 1, generator=g).to(h.device)
+
+
+# -- ToMe-style merging ---------------------------------------------------------------------------
+@dataclass
+class Merged:
+    """Result of merging patches: ``tokens`` [B,1+k,D] (CLS first), ``groups`` [B,P] (output slot
+    0..k-1 of each input patch; slot j is ``tokens[:, 1+j]``), ``sizes`` [B,k] (patches per slot)."""
+    tokens: torch.Tensor
+    groups: torch.Tensor
+    sizes: torch.Tensor
+
+
+def _bipartite_round(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, r: int):
+    """One ToMe round: split tokens alternately into A (even positions) and B (odd), match each A
+    token to its most similar B token (cosine of ``metric``), merge the r best-matched A tokens
+    into their B partners (size-weighted mean). Returns the new tensors and ``assign`` [B,n]: the
+    new index of every old token. New layout: unmerged A tokens (in old order), then B tokens."""
+    bsz, n, _ = x.shape
+    mn = F.normalize(metric.float(), dim=-1)
+    sim = mn[:, 0::2] @ mn[:, 1::2].transpose(1, 2)                           # [B,nA,nB]
+    best, dst = sim.max(dim=-1)                                                # [B,nA]
+    na, nb = sim.shape[1], sim.shape[2]
+    by_sim = torch.sort(best, dim=1, descending=True, stable=True).indices
+    merged, kept = by_sim[:, :r], by_sim[:, r:].sort(dim=1).values
+    ar = torch.arange(n, device=x.device)
+    new_a = torch.empty(bsz, na, dtype=torch.long, device=x.device)
+    new_a.scatter_(1, kept, ar[:na - r].expand(bsz, -1))
+    new_a.scatter_(1, merged, (na - r) + dst.gather(1, merged))
+    assign = torch.empty(bsz, n, dtype=torch.long, device=x.device)
+    assign[:, 0::2] = new_a
+    assign[:, 1::2] = (na - r) + ar[:nb]
+    n_new = na - r + nb
+
+    def pool(t: torch.Tensor) -> torch.Tensor:   # size-weighted sum into the new slots
+        out = t.new_zeros(bsz, n_new, t.shape[-1])
+        return out.scatter_add_(1, assign.unsqueeze(-1).expand(-1, -1, t.shape[-1]), t * size.unsqueeze(-1))
+
+    new_size = size.new_zeros(bsz, n_new).scatter_add_(1, assign, size)
+    return (pool(x.float()) / new_size.unsqueeze(-1), pool(metric.float()) / new_size.unsqueeze(-1),
+            new_size, assign)
+
+
+def bipartite_merge(h: torch.Tensor, k: int, metric: torch.Tensor | None = None) -> Merged:
+    """Merge the patches of ``h`` [B,1+P,D] down to ``k`` tokens; CLS is never matched.
+
+    ToMe merges at most half the tokens per round, so rounds repeat (r = min(n-k, n//2)) until k
+    remain; within a round, merged tokens are size-weighted means of their members (ToMe eq. 2
+    "size"), and ``metric`` (default: the tokens) is merged the same way so later rounds match on
+    averaged keys. No proportional attention afterwards: the suffix runs open_clip's blocks as is,
+    so a merged token counts as one token (and the FLOPs equal pruning to k)."""
+    bsz, n1, d = h.shape
+    p = n1 - 1
+    if not 1 <= k <= p:
+        raise PatchRankError(f"k must be in [1, {p}], got {k}")
+    x = h[:, 1:]
+    met = x if metric is None else metric
+    if met.shape[:2] != x.shape[:2]:
+        raise PatchRankError(f"metric must be [B,P,C] with P={p}, got {tuple(met.shape)}")
+    size = torch.ones(bsz, p, device=h.device)
+    groups = torch.arange(p, device=h.device).expand(bsz, -1)
+    while x.shape[1] > k:
+        n = x.shape[1]
+        x, met, size, assign = _bipartite_round(x, met, size, min(n - k, n // 2))
+        groups = assign.gather(1, groups)
+    return Merged(torch.cat([h[:, :1], x.to(h.dtype)], dim=1), groups, size)
+
+
+def block_keys(block, h: torch.Tensor) -> torch.Tensor:
+    """Keys of ``block`` for the patches of its input ``h``: [B,P,D] (all heads concatenated)."""
+    w, b, _ = _qk_weights(block)
+    d = h.shape[-1]
+    return F.linear(block.ln_1(h[:, 1:]), w[d:2 * d], None if b is None else b[d:2 * d])
+
+
+class ToMeMerger:
+    """ToMe-style merging at the input of block k. ``metric="keys"`` matches on block k's key
+    projection (ToMe matches on the attention keys; we concatenate heads instead of averaging
+    them), ``"tokens"`` on the tokens themselves. The matching itself (keys ~2PD^2, similarities
+    ~2(P/2)^2 D per round) is extra work before block k, like any ranker's scoring."""
+
+    name = "tome"
+
+    def __init__(self, metric: str = "keys"):
+        if metric not in ("keys", "tokens"):
+            raise PatchRankError(f"ToMe metric must be 'keys' or 'tokens', got {metric!r}")
+        self.metric = metric
+
+    def merge(self, m, h: torch.Tensor, k: int) -> Merged:
+        with torch.no_grad():
+            met = block_keys(forward.blocks(m.visual)[m.prune_layer], h) if self.metric == "keys" else None
+            return bipartite_merge(h, k, met)
+
+    def reduce(self, m, h: torch.Tensor, k: int) -> torch.Tensor:
+        return self.merge(m, h, k).tokens
+
+
+def tome_groups(m, x: torch.Tensor, keep_ratio: float = 0.6, metric: str = "keys") -> torch.Tensor:
+    """Which merged token each patch ends up in, [B,P] with values 0..k-1 (the app's ToMe view)."""
+    with torch.inference_mode():
+        return ToMeMerger(metric).merge(m, m.prefix(x), m.keep_count(keep_ratio)).groups
+
+
+rankers.register("random", RandomRanker)
+rankers.register("attention", AttentionRanker)
+rankers.register("attention+fuse", AttentionFuseMerger)
+rankers.register("norm", NormRanker)
+rankers.register("tome", ToMeMerger)
