@@ -1,0 +1,1101 @@
+"""Trade-off sweeps: top-1 accuracy, analytic GFLOPs and measured latency per method per keep ratio.
+
+The paper's evidence is accuracy at matched cost (paper-spec d); this module measures it for any
+model and labelled dataset. ``run_sweep`` makes one pass over the data in batches: per batch the
+prefix (blocks < k) runs once (``m.prefix``), the unpruned embedding (``forward.run_suffix`` on all
+tokens) is shared by every method's ratio-1.0 cell, each ranker scores the patches once and its
+order serves every ratio, and every pruned embedding goes through the public stages of the one
+pruned forward (``forward.gather_patches`` / a merger's ``reduce`` -> ``forward.run_suffix``), the
+same composition as ``m.encode_image(x, keep_ratio=r, ranker=...)`` (a test checks they agree).
+
+Methods: ``golden`` (from a ranking folder of ``python -m patchrank golden`` when ``rankings`` is
+given, else the registered golden ranker, computed per image — slow), ``predictor`` (the bundled
+one or a file), ``<method>+tokens`` (with learnable tokens, e.g. ``predictor+tokens``), and any
+registered ranker or merger (``attention``, ``norm``, ``random``, ``tome``, ``attention+fuse``).
+A method whose weights are missing or made for another model is skipped with a note.
+
+Cost accounting (documented in the results' ``meta.notes``):
+- ``encoder_gflops``: ``patchrank.flops(m, keep=K, extra_tokens=T)`` (1 MAC = 2 FLOPs).
+- ``ranker_gflops``: what choosing the patches costs on top. A ranker's own ``gflops()`` is
+  used when it has one (the predictor); otherwise a formula below (``ranker_gflops``). Golden is an
+  offline oracle: its search cost is not counted, and its latency is the pruned forward with
+  given patch ids. At ratio 1.0 nothing is pruned, no ranker runs: all methods share the full
+  model's cell (with tokens, the full model plus tokens).
+- ``gflops`` = encoder + ranker.
+
+Latency: image-encoder wall time of the public call a user makes
+(``m.encode_image(x, keep_ratio=r, ranker=..., tokens=...)``, ranking included) at batch 1 and
+batch N, timed with ``patchrank.timing.interleaved`` (all methods x ratios in one run, round after
+round, median and min), speedup = full model median / method median at the same batch.
+
+Resuming: finished (batch, method) predictions go to ``<out>.cells.jsonl`` as they complete
+(one fsynced line each, with the settings in a header line); a rerun with the same settings
+skips them, one with other settings is refused, naming what differs. Accuracy cells are exact
+counts; the 95% interval is Wilson's score interval.
+
+Results JSON (``FORMAT``; ``figures.load_results`` reads it, the app reads ``assets/results``)::
+
+    {"format": "patchrank-sweep/1",
+     "meta": {model, model_id, pretrained, data, n_images, num_patches, prune_layer, classnames,
+              templates, methods, ratios, batch, latency_batches, repeats, device, threads, torch,
+              settings_hash, created, full: {accuracy, gflops, latency_ms_b1, latency_ms_bN},
+              skipped: {method: why}, notes: {...}, runtime: {...}, command},
+     "rows": [{method, ratio, kept, extra_tokens, n, correct, accuracy, ci_low, ci_high,
+               gflops, encoder_gflops, ranker_gflops, gflops_ratio, latency_ms, latency_ms_b1,
+               latency_ms_b1_min, latency_ms_bN, latency_ms_bN_min, ms_per_image_bN, batch_N,
+               speedup_b1, speedup_bN, oracle, model}, ...]}
+
+``accuracy``/``ci_low``/``ci_high`` are fractions in [0, 1]; ``latency_ms_b1``/``latency_ms_bN``
+are median milliseconds per call at batch 1 / batch ``batch_N`` (``latency_ms`` = ``latency_ms_b1``);
+fields that were not measured are null. A CSV with the same rows is written beside the JSON.
+"""
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import forward, rankers
+from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
+
+FORMAT = "patchrank-sweep/1"
+CELLS_FORMAT = "patchrank-sweep-cells/1"
+DEFAULT_METHODS = ("golden", "predictor", "predictor+tokens", "attention", "norm", "random", "tome")
+DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
+#: Two-sided 95 % normal quantile, Phi^-1(0.975).
+Z95 = 1.959963984540054
+ROW_FIELDS = ("method", "ratio", "kept", "extra_tokens", "n", "correct", "accuracy", "ci_low",
+              "ci_high", "gflops", "encoder_gflops", "ranker_gflops", "gflops_ratio", "latency_ms",
+              "latency_ms_b1", "latency_ms_b1_min", "latency_ms_bN", "latency_ms_bN_min",
+              "ms_per_image_bN", "batch_N", "speedup_b1", "speedup_bN", "oracle", "model")
+TOKENS_SUFFIX = "+tokens"
+
+
+# -- statistics -----------------------------------------------------------------------------------
+def wilson_interval(correct: int, n: int, z: float = Z95) -> tuple[float, float]:
+    """Wilson score interval for a binomial proportion (Wilson 1927, JASA 22:209-212):
+    (p + z^2/2n -+ z sqrt(p(1-p)/n + z^2/4n^2)) / (1 + z^2/n), with p = correct / n. Unlike the
+    normal interval it stays inside [0, 1] and is sensible at p = 0 or 1 and small n."""
+    if n <= 0:
+        return (float("nan"), float("nan"))
+    p = correct / n
+    z2 = z * z
+    centre = (p + z2 / (2 * n)) / (1 + z2 / n)
+    half = z / (1 + z2 / n) * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n))
+    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
+    return (0.0 if correct == 0 else lo, 1.0 if correct == n else hi)   # exact at the extremes
+
+
+# -- methods --------------------------------------------------------------------------------------
+@dataclass
+class Method:
+    """One column of a sweep: how patches are chosen (a ranker/merger, or stored golden orders),
+    with or without learnable tokens."""
+    name: str
+    ranker: Any = None                      # scores()/reduce() object; None with ``orders``
+    orders: dict | None = None              # image id -> golden order [P] (from a ranking folder)
+    tokens: Any = None                      # learnable tokens (visual_tokens(), num_visual)
+    fingerprint: str = ""
+    oracle: bool = False                    # ranking cost excluded (golden)
+    note: str = ""
+
+    @property
+    def extra_tokens(self) -> int:
+        return int(getattr(self.tokens, "num_visual", 0) or 0) if self.tokens is not None else 0
+
+    @property
+    def merges(self) -> bool:
+        r = self.ranker
+        return r is not None and hasattr(r, "reduce") and not hasattr(r, "scores")
+
+    def extra(self) -> torch.Tensor | None:
+        return None if self.tokens is None else self.tokens.visual_tokens()
+
+
+def _digest(*parts: Any) -> str:
+    h = hashlib.sha256()
+    for p in parts:
+        if isinstance(p, torch.Tensor):
+            h.update(p.detach().float().cpu().contiguous().numpy().tobytes())
+        else:
+            h.update(json.dumps(p, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def _module_fingerprint(obj: Any) -> str:
+    """Hash of a module's weights (predictor, tokens): a retrained one is a different method."""
+    sd = obj.state_dict() if hasattr(obj, "state_dict") else {}
+    return _digest(type(obj).__name__, *[sd[k] for k in sorted(sd)], sorted(sd))
+
+
+def _ranker_fingerprint(r: Any) -> str:
+    keys = {k: v for k, v in vars(r).items() if isinstance(v, (int, float, str, bool, dict, list, tuple))}
+    return _digest(type(r).__name__, getattr(r, "name", ""), keys)
+
+
+def _load_rankings(m, rankings, ids: Sequence[str]) -> tuple[dict, str, str]:
+    """(orders for ``ids``, fingerprint, note) from a ranking folder or a (meta, orders) pair."""
+    if isinstance(rankings, (str, os.PathLike)):
+        from .store import load_rankings
+        meta, orders = load_rankings(rankings)
+        where = str(rankings)
+    else:
+        meta, orders = rankings
+        where = "the given rankings"
+    if meta.get("model_id") not in (None, m.model_id):
+        raise ModelMismatch(f"{where} holds golden rankings of model {meta['model_id']!r}, not "
+                            f"{m.model_id!r}; rank with this model (`python -m patchrank golden`)")
+    layer = (meta.get("settings") or {}).get("prune_layer")
+    if layer is not None and layer != m.prune_layer:
+        raise ModelMismatch(f"{where} ranks the input of block {layer}; the model prunes at block "
+                            f"{m.prune_layer}")
+    missing = [i for i in ids if i not in orders]
+    if missing:
+        raise PatchRankError(f"{where} has golden rankings for {len(ids) - len(missing)} of the "
+                             f"{len(ids)} images (first missing: {missing[0]!r}); finish the golden "
+                             "job (rerun it to resume), or sweep fewer images with --limit")
+    bad = next((i for i in ids if orders[i].numel() != m.num_patches), None)
+    if bad is not None:
+        raise PatchRankError(f"{where}: the ranking of {bad!r} has {orders[bad].numel()} patches, the "
+                             f"model has {m.num_patches}")
+    s = meta.get("settings") or {}
+    note = (f"golden orders read from {where} (score={s.get('score')}, step={s.get('step')}, "
+            f"block={s.get('block')}, mode={s.get('mode')}, stop_at={s.get('stop_at')})")
+    fingerprint = _digest("store", meta.get("settings_hash"), meta.get("settings"))
+    return {i: orders[i] for i in ids}, fingerprint, note
+
+
+def build_methods(m, names: Iterable[str], ids: Sequence[str], *, rankings=None, predictor=None,
+                  tokens=None, extra: dict | None = None) -> tuple[list[Method], dict[str, str]]:
+    """Method objects for ``names`` and {name: reason} for those skipped (weights missing or made
+    for another model). ``predictor``/``tokens``: objects, file paths, or None for the bundled
+    ones; ``extra``: {name: ranker object} for custom rankers. Only missing or mismatched
+    bundled defaults are skipped; weights or rankings the caller named raise instead."""
+    methods, skipped = [], {}
+    cache: dict[str, Any] = {}
+
+    def get_predictor():
+        if "predictor" not in cache:
+            from .predictor import load_predictor
+            p = predictor
+            if p is None or isinstance(p, (str, os.PathLike)):
+                p = load_predictor(p, model=m)
+            else:
+                p.check_model(m)
+            cache["predictor"] = p.eval()
+        return cache["predictor"]
+
+    def get_tokens():
+        if "tokens" not in cache:
+            t = tokens
+            if t is None or isinstance(t, (str, os.PathLike)):
+                try:
+                    from .tokens import load_tokens
+                except ImportError as e:
+                    raise WeightsUnavailable(f"learnable tokens are not available ({e})") from None
+                t = load_tokens(t, model=m)
+            else:
+                t.check_model(m)
+            cache["tokens"] = t.eval() if hasattr(t, "eval") else t
+        return cache["tokens"]
+
+    seen = set()
+    for raw in names:
+        name = raw.strip()
+        if not name or name in seen:
+            continue
+        seen.add(name)
+        base = name[:-len(TOKENS_SUFFIX)] if name.endswith(TOKENS_SUFFIX) else name
+        source = None                 # which input a WeightsUnavailable / ModelMismatch came from
+        try:
+            meth = Method(name)
+            if base == "golden" and rankings is not None:
+                source = "rankings"
+                meth.orders, meth.fingerprint, meth.note = _load_rankings(m, rankings, ids)
+                meth.oracle = True
+            elif base == "predictor":
+                source = "predictor"
+                meth.ranker = get_predictor()
+                meth.fingerprint = _module_fingerprint(meth.ranker)
+            elif extra and base in extra:
+                meth.ranker = rankers.resolve(extra[base])
+                meth.fingerprint = _ranker_fingerprint(meth.ranker)
+            else:
+                meth.ranker = rankers.resolve(base)
+                meth.fingerprint = _ranker_fingerprint(meth.ranker)
+                if base.startswith("golden"):
+                    meth.oracle = True
+                    meth.note = ("golden orders computed per image by the registered golden ranker "
+                                 "(give a ranking folder to reuse cached ones)")
+            if base != name:
+                source = "tokens"
+                meth.tokens = get_tokens()
+                meth.fingerprint = _digest(meth.fingerprint, _module_fingerprint(meth.tokens))
+        except (WeightsUnavailable, ModelMismatch) as e:
+            named = {"rankings": rankings, "predictor": predictor, "tokens": tokens}.get(source)
+            if named is not None:   # the caller named these weights: a mistake to report, not to skip
+                raise
+            skipped[name] = str(e)
+            continue
+        methods.append(meth)
+    return methods, skipped
+
+
+# -- cost -----------------------------------------------------------------------------------------
+def ranker_gflops(m, method: Method) -> float:
+    """GFLOPs per image of choosing the patches (1 MAC = 2 FLOPs), N = 1+P tokens of width D:
+
+    - a ranker's own ``gflops(m)`` / ``gflops()`` when it has one (the predictor: pooling, mixer
+      block and head, see ``Predictor.gflops``);
+    - ``attention``: key projection of all tokens 2ND^2, the CLS query 2D^2, its logits 2ND
+      (``baselines.cls_attention``); re-running the prefix to block k-1, which our implementation
+      does instead of reading the attention inside that block, is an implementation shortcut and
+      is not counted (measured latency includes it); ``attention+fuse`` adds the fusion 2PD;
+    - ``norm``: 2PD; ``random``: 0;
+    - ``tome``: key projection 2PD^2 plus the bipartite similarities 2(P/2)^2 D;
+    - golden (an offline oracle) and anything else: 0.
+    """
+    r = method.ranker
+    fn = getattr(r, "gflops", None)
+    if callable(fn):
+        import inspect
+        return float(fn(m) if inspect.signature(fn).parameters else fn())
+    p, d = m.num_patches, m.width
+    n = p + 1
+    name = getattr(r, "name", "")
+    if name == "attention":
+        return (2 * n * d * d + 2 * d * d + 2 * n * d) / 1e9
+    if name == "attention+fuse":
+        return (2 * n * d * d + 2 * d * d + 2 * n * d + 2 * p * d) / 1e9
+    if name == "norm":
+        return 2 * p * d / 1e9
+    if name == "tome":
+        return (2 * p * d * d + 2 * (p / 2) ** 2 * d) / 1e9
+    return 0.0
+
+
+# -- embeddings -----------------------------------------------------------------------------------
+def method_embeddings(m, method: Method, x: torch.Tensor, h: torch.Tensor, ids: Sequence[str],
+                      ratios: Sequence[float], full: torch.Tensor | None = None) -> dict[float, torch.Tensor]:
+    """Embeddings [B,E] per ratio for one method, from the prefix ``h`` computed once.
+
+    The same stages as ``PatchModel.encode_image``: a ranker's scores -> the top-K patches sorted
+    by id -> ``forward.gather_patches``, or a merger's ``reduce``, then ``forward.run_suffix`` with
+    the method's learnable tokens. The order is computed once and serves every ratio. Ratio 1.0
+    without tokens is the unpruned embedding ``full`` when given."""
+    k = m.prune_layer
+    extra = method.extra()
+    order = None
+    out = {}
+    for r in ratios:
+        n_keep = m.keep_count(r)
+        if n_keep == m.num_patches:
+            if extra is None and full is not None:
+                out[r] = full
+            else:
+                out[r] = forward.run_suffix(m.visual, h, k, extra)
+            continue
+        if method.merges:
+            reduced = method.ranker.reduce(m, h, n_keep)
+        else:
+            if order is None:
+                if method.orders is not None:
+                    order = torch.stack([method.orders[i] for i in ids]).to(h.device)
+                else:
+                    order = rankers.order_from_scores(method.ranker.scores(m, x, h)).to(h.device)
+            reduced = forward.gather_patches(h, order[:, :n_keep].sort(dim=1).values)
+        out[r] = forward.run_suffix(m.visual, reduced, k, extra)
+    return out
+
+
+# -- resumable cell store -------------------------------------------------------------------------
+class CellStore:
+    """Append-only JSONL of finished (batch, method) predictions; first line = settings header.
+
+    Each record is written whole, flushed and fsynced; a partial last line (a killed writer) is
+    dropped on reopen. Opening with other settings raises, naming what differs."""
+
+    def __init__(self, path: str | os.PathLike, settings: dict, fresh: bool = False):
+        self.path = Path(path)
+        self.settings = settings
+        self.hash = _digest(settings)
+        self.fingerprints: dict[str, str] = {}
+        self.done: dict[tuple[int, str], dict] = {}
+        self.seconds: dict[str, float] = {}
+        self.cpu: dict[str, float] = {}
+        if fresh and self.path.exists():
+            self.path.unlink()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        if not new:
+            self._read()
+        self._f = open(self.path, "ab+")
+        self._repair_tail()
+        if new:
+            self._write({"type": "header", "format": CELLS_FORMAT, "settings_hash": self.hash,
+                         "settings": settings})
+
+    def _read(self) -> None:
+        lines = self.path.read_bytes().split(b"\n")
+        for no, line in enumerate(lines[:-1], 1):       # last piece: partial or empty
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                raise PatchRankError(f"{self.path}, line {no}: damaged record; delete the file (or "
+                                     "rerun with --fresh) to start over") from None
+            kind = rec.get("type")
+            if no == 1 and kind != "header":
+                raise PatchRankError(f"{self.path} is not a sweep cell file; use another --out")
+            if kind == "header":
+                if rec.get("settings_hash") != self.hash:
+                    old = rec.get("settings", {})
+                    diff = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(self.settings.get(k))}"
+                                     for k in sorted(set(old) | set(self.settings))
+                                     if old.get(k) != self.settings.get(k))
+                    raise PatchRankError(f"{self.path} holds a sweep with other settings ({diff}); "
+                                         "use another --out, or --fresh to discard it")
+            elif kind == "method":
+                self.fingerprints[rec["method"]] = rec["fingerprint"]
+            elif kind == "cell":
+                self.done[(rec["start"], rec["method"])] = rec["preds"]
+                self.seconds[rec["method"]] = self.seconds.get(rec["method"], 0.0) + rec.get("seconds", 0.0)
+                self.cpu[rec["method"]] = self.cpu.get(rec["method"], 0.0) + rec.get("cpu", 0.0)
+
+    def _repair_tail(self) -> None:
+        f = self._f
+        f.seek(0)
+        data = f.read()
+        keep = data.rfind(b"\n") + 1
+        if keep != len(data):
+            f.truncate(keep)
+        f.seek(0, os.SEEK_END)
+
+    def _write(self, rec: dict) -> None:
+        self._f.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    def check_method(self, name: str, fingerprint: str) -> None:
+        old = self.fingerprints.get(name)
+        if old is None:
+            self.fingerprints[name] = fingerprint
+            self._write({"type": "method", "method": name, "fingerprint": fingerprint})
+        elif old != fingerprint:
+            raise PatchRankError(f"{self.path}: method {name!r} was computed with other weights or "
+                                 f"settings (fingerprint {old} -> {fingerprint}); use another --out, "
+                                 "or --fresh to discard the old cells")
+
+    def put(self, start: int, method: str, preds: dict, seconds: float, cpu: float = 0.0) -> None:
+        self.done[(start, method)] = preds
+        self.seconds[method] = self.seconds.get(method, 0.0) + seconds
+        self.cpu[method] = self.cpu.get(method, 0.0) + cpu
+        self._write({"type": "cell", "start": start, "method": method, "preds": preds,
+                     "seconds": round(seconds, 4), "cpu": round(cpu, 4)})
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
+
+
+class _MemoryStore(CellStore):
+    """Same interface, nothing on disk (``out=None``)."""
+
+    def __init__(self, settings: dict):     # noqa: D107 - no file
+        self.settings, self.hash = settings, _digest(settings)
+        self.fingerprints, self.done, self.seconds, self.cpu = {}, {}, {}, {}
+
+    def _write(self, rec: dict) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _short(v: Any) -> str:
+    s = json.dumps(v, default=str)
+    return s if len(s) <= 60 else s[:57] + "..."
+
+
+def cells_path(out: str | os.PathLike) -> Path:
+    """Where a sweep writing ``out`` keeps its finished cells: ``<out minus .json>.cells.jsonl``."""
+    out = Path(out)
+    return out.with_name((out.name[:-5] if out.name.endswith(".json") else out.name) + ".cells.jsonl")
+
+
+# -- latency --------------------------------------------------------------------------------------
+def _sync(m) -> Callable[[], None]:
+    if m.device.type == "cuda":
+        return torch.cuda.synchronize
+    return lambda: None
+
+
+def latency_calls(m, methods: Sequence[Method], ratios: Sequence[float],
+                  x: torch.Tensor) -> dict[str, Callable[[], Any]]:
+    """Zero-argument callables to time on batch ``x``: key "full", and "<method>@<ratio>" for
+    every method and ratio that differ from the full model (the public ``m.encode_image`` call a
+    user makes; oracle methods run the pruned forward with given patch ids, the ranking being
+    offline). Ratio 1.0 without tokens is the "full" call."""
+    sync = _sync(m)
+
+    def timed(fn):
+        def call():
+            fn()
+            sync()
+        return call
+
+    calls = {"full": timed(lambda: m.encode_image(x))}
+    for meth in methods:
+        t = meth.tokens
+        for r in ratios:
+            n_keep = m.keep_count(r)
+            if n_keep == m.num_patches:
+                if t is not None:
+                    calls[f"{meth.name}@{r:g}"] = timed(lambda t=t: m.encode_image(x, tokens=t))
+                continue
+            if meth.oracle:
+                keep = torch.arange(n_keep, device=m.device).expand(x.shape[0], -1)
+                fn = (lambda keep=keep, t=t: m.encode_image(x, keep=keep, tokens=t))
+            else:
+                fn = (lambda r=r, rk=meth.ranker, t=t: m.encode_image(x, keep_ratio=r, ranker=rk, tokens=t))
+            calls[f"{meth.name}@{r:g}"] = timed(fn)
+    return calls
+
+
+def measure_latency(m, methods: Sequence[Method], ratios: Sequence[float], images: torch.Tensor,
+                    batches: Sequence[int] = (1, 32), repeats: int = 5, warmup: int = 1,
+                    progress: bool = False) -> dict[int, dict[str, dict]]:
+    """{batch: {call key: {"median_ms", "min_ms", "times_ms"}}} for every call of
+    ``latency_calls`` at each batch size, all interleaved in one ``timing.interleaved`` run per
+    batch size. ``images``: preprocessed [N,3,H,W]; repeated to fill the largest batch."""
+    from .timing import interleaved
+    out: dict[int, dict[str, dict]] = {}
+    if not batches:
+        return out
+    images = images.to(device=m.device, dtype=m.dtype)
+    bar = _bar(progress, sum(len(latency_calls(m, methods, ratios, images[:1])) for _ in batches)
+               * (repeats + warmup), "latency")
+    with torch.inference_mode():
+        for b in batches:
+            reps = math.ceil(b / images.shape[0])
+            xb = images.repeat(reps, 1, 1, 1)[:b] if reps > 1 else images[:b]
+            calls = latency_calls(m, methods, ratios, xb)
+            counted = {k: _counted(fn, bar) for k, fn in calls.items()}
+            out[int(b)] = interleaved(counted, repeats=repeats, warmup=warmup)
+    bar.close()
+    return out
+
+
+def _counted(fn, bar):
+    def call():
+        fn()
+        bar.update(1)
+    return call
+
+
+class _NoBar:
+    def update(self, n: int = 1) -> None:
+        pass
+
+    def set_postfix_str(self, s: str) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+def _bar(enabled: bool, total: int, desc: str):
+    if not enabled:
+        return _NoBar()
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+
+# -- the sweep ------------------------------------------------------------------------------------
+def _image(ds, i: int):
+    return ds.image(i) if hasattr(ds, "image") else ds.images[i]
+
+
+def _check_ratios(m, ratios: Iterable[float]) -> list[float]:
+    out = []
+    for r in ratios:
+        m.keep_count(r)            # validates (0, 1]
+        if float(r) not in out:
+            out.append(float(r))
+    if not out:
+        raise PatchRankError("give at least one keep ratio")
+    return sorted(out, reverse=True)
+
+
+def _as_dataset(dataset, limit: int | None):
+    if isinstance(dataset, (str, os.PathLike)):
+        from .data import coop  # noqa: F401  (registers the CoOp split-file layout)
+        from .data.datasets import open_dataset
+        return open_dataset(str(dataset), limit=limit)
+    if limit is not None and len(dataset.ids) > limit:
+        dataset.ids = list(dataset.ids)[:limit]
+    return dataset
+
+
+def _labels(ds) -> np.ndarray:
+    labels = ds.labels
+    if labels is None:
+        raise PatchRankError(f"{getattr(ds, 'spec', 'the dataset')} has no labels (a flat folder of "
+                             "images?); sweeps need class subfolders or a CoOp split file")
+    labels = np.asarray(labels, np.int64)[:len(ds.ids)]
+    if not ds.classnames:
+        raise PatchRankError("the dataset has no class names")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(ds.classnames)):
+        raise PatchRankError(f"labels must lie in [0, {len(ds.classnames) - 1}] (one per class name)")
+    return labels
+
+
+def run_sweep(m, dataset, methods: Sequence[str] = DEFAULT_METHODS,
+              ratios: Sequence[float] = DEFAULT_RATIOS, out: str | os.PathLike | None = None, *,
+              batch: int = 64, latency_batches: Sequence[int] = (1, 32), repeats: int = 5,
+              warmup: int = 1, rankings=None, predictor=None, tokens=None,
+              templates: Sequence[str] | str | None = None, limit: int | None = None,
+              fresh: bool = False, progress: bool = True, extra_rankers: dict | None = None,
+              command: str | None = None) -> dict:
+    """Accuracy / GFLOPs / latency per method per keep ratio on a labelled dataset (module
+    docstring). ``dataset``: a Dataset (``data.datasets``), the bundled ``EvalSplit``, or a spec
+    string; ``rankings``: a golden ranking folder (or (meta, orders)) for ``golden``;
+    ``templates``: prompt template(s), default the dataset's own (CoOp) else the model's;
+    ``latency_batches=()`` skips timing; ``out``: results JSON path (+ CSV, + resumable cells
+    file), or None to keep everything in memory. Returns the results dict."""
+    t_start = time.perf_counter()
+    if isinstance(batch, bool) or int(batch) < 1:
+        raise PatchRankError(f"batch must be a positive integer, got {batch!r}")
+    ds = _as_dataset(dataset, limit)
+    ids = list(ds.ids)
+    if not ids:
+        raise PatchRankError("the dataset holds no images")
+    labels = _labels(ds)
+    ratios = _check_ratios(m, ratios)
+    if templates is None:
+        templates = getattr(ds, "templates", None)
+    clf = m.zero_shot(list(ds.classnames), templates)
+    meths, skipped = build_methods(m, list(methods), ids, rankings=rankings, predictor=predictor,
+                                   tokens=tokens, extra=extra_rankers)
+    for name, why in skipped.items():
+        print(f"note: skipping {name}: {why}", file=sys.stderr)
+    settings = {"format": FORMAT, "model_id": m.model_id, "prune_layer": m.prune_layer,
+                "dtype": str(m.dtype).replace("torch.", ""),
+                "data": str(getattr(ds, "spec", type(ds).__name__)), "n": len(ids), "ids": _digest(ids),
+                "labels": _digest(labels.tolist()), "classnames": list(clf.classnames),
+                "templates": list(clf.templates), "batch": int(batch),
+                "ratios": ratios, "keep": [m.keep_count(r) for r in ratios]}
+    store = CellStore(cells_path(out), settings, fresh=fresh) if out is not None else _MemoryStore(settings)
+    try:
+        for meth in meths:
+            store.check_method(meth.name, meth.fingerprint)
+        clfs = {meth.name: (meth.tokens.zero_shot(m, list(ds.classnames))
+                            if meth.tokens is not None and getattr(meth.tokens, "n_ctx", 0) else clf)
+                for meth in meths}
+        starts = list(range(0, len(ids), int(batch)))
+        todo = [(s, meth) for s in starts for meth in [None, *meths]
+                if (s, "full" if meth is None else meth.name) not in store.done]
+        bar = _bar(progress, len(todo), "sweep")
+        with torch.inference_mode():
+            for s in starts:
+                need = [meth for meth in meths if (s, meth.name) not in store.done]
+                if not need and (s, "full") in store.done:
+                    continue
+                t0, c0 = time.perf_counter(), time.process_time()
+                bid = ids[s:s + batch]
+                x = torch.stack([m.preprocess(_image(ds, i)) for i in range(s, s + len(bid))])
+                h = m.prefix(x)
+                full = forward.run_suffix(m.visual, h, m.prune_layer)
+                if (s, "full") not in store.done:
+                    store.put(s, "full", {"1": clf.predict(full).tolist()}, time.perf_counter() - t0,
+                              time.process_time() - c0)
+                    bar.update(1)
+                for meth in need:
+                    t1, c1 = time.perf_counter(), time.process_time()
+                    bar.set_postfix_str(meth.name)
+                    embs = method_embeddings(m, meth, x, h, bid, ratios, full)
+                    preds = {f"{r:g}": clfs[meth.name].predict(e).tolist() for r, e in embs.items()}
+                    store.put(s, meth.name, preds, time.perf_counter() - t1, time.process_time() - c1)
+                    bar.update(1)
+        bar.close()
+        t_acc = time.perf_counter() - t_start
+
+        timings: dict[int, dict[str, dict]] = {}
+        c_lat = time.process_time()
+        if latency_batches:
+            n_lat = min(len(ids), max(latency_batches))
+            xs = torch.stack([m.preprocess(_image(ds, i)) for i in range(n_lat)])
+            timings = measure_latency(m, meths, ratios, xs, latency_batches, repeats, warmup, progress)
+        t_lat = time.perf_counter() - t_start - t_acc
+        cpu_lat = time.process_time() - c_lat
+        results = _assemble(m, ds, ids, labels, meths, skipped, ratios, store, timings, clf,
+                            latency_batches, repeats, int(batch))
+        results["meta"]["runtime"] = _runtime(store, meths, len(ids), t_acc, t_lat, cpu_lat,
+                                              time.perf_counter() - t_start)
+        results["meta"]["command"] = command
+    finally:
+        store.close()
+    if out is not None:
+        write_results(results, out)
+    return results
+
+
+def _gather(store: CellStore, method: str, key: str, starts: list[int]) -> np.ndarray:
+    return np.concatenate([np.asarray(store.done[(s, method)][key], np.int64) for s in starts])
+
+
+def _assemble(m, ds, ids, labels, meths, skipped, ratios, store, timings, clf, latency_batches,
+              repeats, batch) -> dict:
+    starts = list(range(0, len(ids), batch))
+    n = len(ids)
+    full_pred = _gather(store, "full", "1", starts)
+    full_correct = int((full_pred == labels).sum())
+    full_gf = float(m.flops())
+    b1 = 1 if 1 in latency_batches else None
+    bn = max(latency_batches) if latency_batches and max(latency_batches) > 1 else None
+
+    def lat(b, key):
+        t = timings.get(b, {}).get(key) if b is not None else None
+        return (t["median_ms"], t["min_ms"]) if t else (None, None)
+
+    rows = []
+    for meth in meths:
+        for r in ratios:
+            k = m.keep_count(r)
+            pruned = k < m.num_patches
+            own = pruned or meth.tokens is not None         # else the shared unpruned cell
+            pred = _gather(store, meth.name, f"{r:g}", starts) if own else full_pred
+            correct = int((pred == labels).sum())
+            lo, hi = wilson_interval(correct, n)
+            enc = float(m.flops(keep=k, extra_tokens=meth.extra_tokens))
+            over = ranker_gflops(m, meth) if pruned else 0.0
+            key = f"{meth.name}@{r:g}" if own else "full"
+            m1, m1min = lat(b1, key)
+            mn, mnmin = lat(bn, key)
+            f1, fn = lat(b1, "full")[0], lat(bn, "full")[0]
+            rows.append({
+                "method": meth.name, "ratio": r, "kept": k, "extra_tokens": meth.extra_tokens,
+                "n": n, "correct": correct, "accuracy": correct / n, "ci_low": lo, "ci_high": hi,
+                "gflops": enc + over, "encoder_gflops": enc, "ranker_gflops": over,
+                "gflops_ratio": (enc + over) / full_gf, "latency_ms": m1,
+                "latency_ms_b1": m1, "latency_ms_b1_min": m1min,
+                "latency_ms_bN": mn, "latency_ms_bN_min": mnmin,
+                "ms_per_image_bN": None if mn is None else mn / bn, "batch_N": bn,
+                "speedup_b1": None if m1 is None else f1 / m1,
+                "speedup_bN": None if mn is None else fn / mn, "oracle": meth.oracle,
+                "model": m.name})
+    lo, hi = wilson_interval(full_correct, n)
+    meta = {
+        "model": m.name, "pretrained": m.pretrained, "model_id": m.model_id,
+        "data": str(getattr(ds, "spec", type(ds).__name__)), "n_images": n, "num_patches": m.num_patches,
+        "grid": list(m.grid), "prune_layer": m.prune_layer, "num_layers": m.num_layers,
+        "classnames": list(clf.classnames), "templates": list(clf.templates),
+        "methods": [x.name for x in meths], "ratios": list(ratios), "batch": batch,
+        "latency_batches": list(latency_batches), "repeats": repeats,
+        "device": str(m.device), "dtype": str(m.dtype).replace("torch.", ""),
+        "threads": torch.get_num_threads(), "torch": torch.__version__,
+        "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+        "settings_hash": store.hash,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "full": {"accuracy": full_correct / n, "correct": full_correct, "ci_low": lo, "ci_high": hi,
+                 "gflops": full_gf, "latency_ms_b1": lat(b1, "full")[0],
+                 "latency_ms_bN": lat(bn, "full")[0], "batch_N": bn},
+        "skipped": skipped,
+        "notes": {
+            "flops": "analytic image-encoder GFLOPs per image, 1 MAC = 2 FLOPs (patchrank.flops); "
+                     "gflops = encoder_gflops + ranker_gflops (sweep.ranker_gflops); ratio 1.0 "
+                     "prunes nothing and runs no ranker",
+            "latency": "median/min ms per encode_image call (ranking included) at batch 1 and "
+                       "batch_N, interleaved repeats (patchrank.timing); speedup vs the full model "
+                       "at the same batch",
+            "accuracy": "zero-shot top-1 as a fraction; ci_low/ci_high: Wilson 95% interval",
+            **{f"method:{x.name}": x.note for x in meths if x.note},
+            **({"oracle": "golden is an offline oracle: its search cost is not in gflops and its "
+                          "latency is the pruned forward with given patch ids"}
+               if any(x.oracle for x in meths) else {}),
+        },
+    }
+    return {"format": FORMAT, "meta": meta, "rows": rows}
+
+
+def _runtime(store, meths, n, t_acc, t_lat, cpu_lat, total) -> dict:
+    names = ["full"] + [x.name for x in meths]
+    label = {"full": "shared"}
+    wall = {label.get(k, k): store.seconds.get(k, 0.0) for k in names}
+    cpu = {label.get(k, k): store.cpu.get(k, 0.0) for k in names}
+    return {"accuracy_s_this_run": round(t_acc, 2), "latency_s": round(t_lat, 2),
+            "latency_cpu_s": round(cpu_lat, 2), "total_s_this_run": round(total, 2),
+            "seconds": {k: round(v, 3) for k, v in wall.items()},
+            "ms_per_image": {k: round(1e3 * v / max(n, 1), 3) for k, v in wall.items()},
+            "cpu_ms_per_image": {k: round(1e3 * v / max(n, 1), 3) for k, v in cpu.items()},
+            "note": "wall and process-CPU time summed over all runs of this sweep (resumed runs "
+                    "included); 'shared' = decode + preprocess + prefix + unpruned suffix, once per "
+                    "image; each method = its ranking + pruned suffixes at every ratio. With one "
+                    "torch thread, CPU time approximates wall time on an idle core"}
+
+
+# -- files ----------------------------------------------------------------------------------------
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def write_results(results: dict, out: str | os.PathLike) -> tuple[Path, Path]:
+    """Write the results JSON at ``out`` and the rows as CSV beside it (same stem, ``.csv``)."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out, json.dumps(_finite(results), indent=1))
+    csv_path = out.with_suffix(".csv")
+    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(ROW_FIELDS), extrasaction="ignore")
+        w.writeheader()
+        for row in results["rows"]:
+            w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in ROW_FIELDS})
+    os.replace(tmp, csv_path)
+    return out, csv_path
+
+
+def _finite(obj):
+    """JSON has no NaN/inf: write them as null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+# -- reproduce: the paper's README table ----------------------------------------------------------
+#: Row labels of the paper-shaped table.
+METHOD_TITLES = {"attention+fuse": "EViT (CLS attention + fuse)", "tome": "ToMe",
+                 "attention": "CLS attention", "norm": "token norm", "random": "random",
+                 "golden": "golden ranking (oracle)", "predictor": "Ours (predictor)",
+                 "predictor+tokens": "Ours (predictor + tokens)"}
+REPRODUCE_METHODS = ("attention+fuse", "tome", "attention", "random", "predictor", "predictor+tokens")
+
+
+def reproduce(m, root: str | os.PathLike, datasets: Sequence[str], *,
+              methods: Sequence[str] = REPRODUCE_METHODS, ratio: float = 0.6, split: str = "test",
+              out_dir: str | os.PathLike | None = None, rankings_root: str | os.PathLike | None = None,
+              batch: int = 64, limit: int | None = None, latency_batches: Sequence[int] = (),
+              repeats: int = 5, predictor=None, tokens=None, progress: bool = True) -> dict:
+    """Sweep each CoOp dataset under ``root`` at keep ``ratio`` (plus 1.0 for the unpruned
+    baseline) and return {"table": markdown, "results": {dataset key: results}}. Per dataset its
+    CoOp prompt is used; ``out_dir`` keeps each sweep resumable as ``<out_dir>/<key>.json``;
+    ``rankings_root/<key>`` (or the CoOp folder name), if present, supplies golden orders."""
+    from .data.coop import open_coop
+    results = {}
+    for name in datasets:
+        ds = open_coop(root, name, split)
+        rk = None
+        if rankings_root is not None:
+            for cand in (Path(rankings_root) / ds.info.key, Path(rankings_root) / ds.info.folder):
+                if (cand / "meta.json").is_file():
+                    rk = cand
+                    break
+        out = None if out_dir is None else Path(out_dir) / f"{ds.info.key}.json"
+        if progress:
+            print(f"{ds.info.title}: {len(ds.ids) if limit is None else min(limit, len(ds.ids))} "
+                  f"{split} images, prompt {ds.templates[0]!r}", file=sys.stderr)
+        results[ds.info.key] = run_sweep(
+            m, ds, methods, sorted({1.0, float(ratio)}, reverse=True), out, batch=batch,
+            latency_batches=latency_batches, repeats=repeats, rankings=rk, predictor=predictor,
+            tokens=tokens, limit=limit, progress=progress)
+    return {"table": reproduce_table(results, ratio), "results": results}
+
+
+def reproduce_table(results: dict[str, dict], ratio: float) -> str:
+    """Markdown table shaped like the paper's README: one row per method at keep ``ratio`` plus
+    the unpruned model, one column per dataset (top-1 %), the mean, and the mean GFLOPs."""
+    from .data.coop import DATASETS
+    keys = list(results)
+    titles = [DATASETS[k].title if k in DATASETS else k for k in keys]
+    lines = ["| Method | " + " | ".join(titles) + " | Avg. | Avg. GFLOPs |",
+             "|---|" + "---|" * (len(keys) + 2)]
+
+    def fmt_row(label, accs, gfs):
+        cells = ["—" if a is None else f"{100 * a:.1f}" for a in accs]
+        got = [a for a in accs if a is not None]
+        avg = f"{100 * sum(got) / len(got):.1f}" if got and len(got) == len(accs) else "—"
+        gf = f"{sum(gfs) / len(gfs):.2f}" if gfs else "—"
+        return f"| {label} | " + " | ".join(cells) + f" | {avg} | {gf} |"
+
+    fulls = [results[k]["meta"]["full"] for k in keys]
+    lines.append(fmt_row("CLIP (unpruned)", [f["accuracy"] for f in fulls], [f["gflops"] for f in fulls]))
+    methods: list[str] = []
+    for k in keys:
+        methods += [x for x in results[k]["meta"]["methods"] + list(results[k]["meta"]["skipped"])
+                    if x not in methods]
+    notes = []
+    for meth in methods:
+        accs, gfs = [], []
+        for k in keys:
+            row = next((r for r in results[k]["rows"]
+                        if r["method"] == meth and abs(r["ratio"] - ratio) < 1e-9), None)
+            accs.append(None if row is None else row["accuracy"])
+            if row is not None:
+                gfs.append(row["gflops"])
+        lines.append(fmt_row(METHOD_TITLES.get(meth, meth), accs, gfs))
+        why = next((results[k]["meta"]["skipped"][meth] for k in keys
+                    if meth in results[k]["meta"]["skipped"]), None)
+        if why:
+            notes.append(f"- {METHOD_TITLES.get(meth, meth)}: skipped ({why})")
+    any_meta = results[keys[0]]["meta"] if keys else {}
+    model = any_meta.get("model", "?") + (f"/{any_meta['pretrained']}" if any_meta.get("pretrained") else "")
+    head = (f"Zero-shot top-1 (%) at keep ratio {ratio:g} ({model}, pruning at "
+            f"block {any_meta.get('prune_layer', '?')}; GFLOPs: image encoder, 1 MAC = 2 FLOPs, "
+            "ranker included).")
+    return "\n".join([head, "", *lines, *([""] + notes if notes else [])])
+
+
+# -- CLI ------------------------------------------------------------------------------------------
+def _parse_list(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _parse_floats(s: str, what: str) -> list[float]:
+    try:
+        return [float(x) for x in _parse_list(s)]
+    except ValueError:
+        raise PatchRankError(f"--{what} must be comma-separated numbers, got {s!r}") from None
+
+
+def _parse_ints(s: str, what: str) -> list[int]:
+    try:
+        out = [int(x) for x in _parse_list(s)]
+    except ValueError:
+        raise PatchRankError(f"--{what} must be comma-separated integers, got {s!r}") from None
+    if any(v < 1 for v in out):
+        raise PatchRankError(f"--{what} values must be >= 1")
+    return out
+
+
+def _load(a):
+    from .models import load_model
+    if getattr(a, "threads", None):
+        torch.set_num_threads(a.threads)
+    dtype = getattr(torch, getattr(a, "dtype", "float32"))
+    m = load_model(a.model, pretrained=a.pretrained, dtype=dtype, device=getattr(a, "device", "cpu"))
+    if getattr(a, "prune_layer", None) is not None:
+        m.prune_layer = a.prune_layer
+    return m
+
+
+def add_sweep_args(p) -> None:
+    """Arguments of ``python -m patchrank sweep``."""
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--data", default="bundled-eval",
+                   help="bundled-eval, an image folder (class subfolders), or a CoOp dataset folder "
+                        "(optionally @train/@val/@test)")
+    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
+    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS))
+    p.add_argument("--out", required=True, help="results JSON (CSV and a resumable .cells.jsonl beside it)")
+    p.add_argument("--rankings", default=None, help="golden ranking folder to reuse for 'golden'")
+    p.add_argument("--predictor", default=None, help="predictor file (default: the bundled one)")
+    p.add_argument("--tokens", default=None, help="learnable tokens file (default: the bundled ones)")
+    p.add_argument("--template", action="append", default=None,
+                   help="prompt template with {} (repeatable, or 'ensemble'); default: the "
+                        "dataset's own (CoOp) or the model's")
+    p.add_argument("--limit", type=int, default=None, help="first N images only")
+    p.add_argument("--batch", type=int, default=64, help="images per accuracy batch")
+    p.add_argument("--latency-batches", default="1,32",
+                   help="batch sizes to time (comma-separated; 'none' skips timing)")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--prune-layer", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--fresh", action="store_true", help="discard finished cells of an earlier run")
+    p.add_argument("--png", default=None, help="also draw the trade-off figure here (e.g. docs/tradeoff.png)")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def _templates(a):
+    if not a.template:
+        return None
+    return "ensemble" if a.template == ["ensemble"] else a.template
+
+
+def _latency_batches(s: str) -> list[int]:
+    return [] if s.strip().lower() in ("", "none", "0") else _parse_ints(s, "latency-batches")
+
+
+def cli_sweep(a) -> int:
+    try:
+        m = _load(a)
+        res = run_sweep(m, a.data, _parse_list(a.methods), _parse_floats(a.ratios, "ratios"), a.out,
+                        batch=a.batch, latency_batches=_latency_batches(a.latency_batches),
+                        repeats=a.repeats, warmup=a.warmup, rankings=a.rankings,
+                        predictor=a.predictor, tokens=a.tokens, templates=_templates(a),
+                        limit=a.limit, fresh=a.fresh, progress=not a.no_progress,
+                        command=" ".join(["python -m patchrank"] + sys.argv[1:]))
+    except PatchRankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    meta = res["meta"]
+    summary = {"out": str(a.out), "csv": str(Path(a.out).with_suffix(".csv")),
+               "rows": len(res["rows"]), "n_images": meta["n_images"],
+               "full_accuracy": meta["full"]["accuracy"], "skipped": meta["skipped"],
+               "runtime": meta["runtime"]}
+    if a.png:
+        from .figures import save_png
+        summary["png"] = str(save_png(res, a.png))
+    print(json.dumps(_finite(summary)))
+    return 0
+
+
+def add_reproduce_args(p) -> None:
+    """Arguments of ``python -m patchrank reproduce``."""
+    from .data.coop import PAPER_DATASETS
+    p.add_argument("--root", required=True, help="CoOp data root (holds caltech-101/, oxford_pets/, ...)")
+    p.add_argument("--datasets", default=",".join(PAPER_DATASETS))
+    p.add_argument("--model", default="ViT-B-16")
+    p.add_argument("--pretrained", default="openai")
+    p.add_argument("--methods", default=",".join(REPRODUCE_METHODS))
+    p.add_argument("--ratio", type=float, default=0.6, help="keep ratio of every pruned row")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--out", default=None, help="folder for per-dataset results (resumable)")
+    p.add_argument("--rankings-root", default=None, help="golden ranking folders, one per dataset key")
+    p.add_argument("--predictor", default=None)
+    p.add_argument("--tokens", default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N images of each dataset")
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--latency-batches", default="none", help="e.g. 1,32 to time too")
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--prune-layer", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--no-progress", action="store_true")
+
+
+def cli_reproduce(a) -> int:
+    try:
+        m = _load(a)
+        rep = reproduce(m, a.root, _parse_list(a.datasets), methods=_parse_list(a.methods),
+                        ratio=a.ratio, split=a.split, out_dir=a.out, rankings_root=a.rankings_root,
+                        batch=a.batch, limit=a.limit,
+                        latency_batches=_latency_batches(a.latency_batches), repeats=a.repeats,
+                        predictor=a.predictor, tokens=a.tokens, progress=not a.no_progress)
+    except PatchRankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(rep["table"])
+    return 0
+
+
+def add_bench_args(p) -> None:
+    """Arguments of ``python -m patchrank bench``."""
+    p.add_argument("--model", default="bundled")
+    p.add_argument("--pretrained", default=None)
+    p.add_argument("--methods", default="fixed-ids,predictor",
+                   help="fixed-ids (pruned forward, no ranking), predictor, attention, norm, "
+                        "random, tome, ... (+tokens)")
+    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS))
+    p.add_argument("--batches", default="1,32")
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--data", default=None, help="dataset spec for real images (default: random pixels)")
+    p.add_argument("--predictor", default=None)
+    p.add_argument("--tokens", default=None)
+    p.add_argument("--prune-layer", type=int, default=None)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default=None, help="also write the JSON here")
+    p.add_argument("--no-progress", action="store_true")
+
+
+class _FixedIds:
+    """Bench pseudo-method: the pruned forward with given patch ids (no ranking cost)."""
+    name = "fixed-ids"
+
+
+def bench(m, methods: Sequence[str] = ("fixed-ids", "predictor"),
+          ratios: Sequence[float] = DEFAULT_RATIOS, batches: Sequence[int] = (1, 32), *,
+          repeats: int = 7, warmup: int = 1, images: torch.Tensor | None = None, predictor=None,
+          tokens=None, progress: bool = True) -> dict:
+    """Image-encoder latency per method per keep ratio (the sweep's timing without accuracy):
+    {"format": "patchrank-bench/1", "meta", "rows": [{method, ratio, kept, batch, median_ms,
+    min_ms, ms_per_image, gflops, gflops_ratio, speedup}]}. ``fixed-ids`` times the pruned
+    forward alone (ranking excluded, like the golden oracle)."""
+    ratios = _check_ratios(m, ratios)
+    names = list(methods)
+    meths, skipped = build_methods(m, [n for n in names if n != "fixed-ids"], [],
+                                   predictor=predictor, tokens=tokens)
+    if "fixed-ids" in names:
+        meths.insert(names.index("fixed-ids"), Method("fixed-ids", ranker=_FixedIds(), oracle=True))
+    for name, why in skipped.items():
+        print(f"note: skipping {name}: {why}", file=sys.stderr)
+    if images is None:
+        g = torch.Generator().manual_seed(0)
+        images = torch.randn(max(batches), 3, *m.image_size, generator=g)
+    t = measure_latency(m, meths, ratios, images, batches, repeats, warmup, progress)
+    full_gf = float(m.flops())
+    rows = []
+    for b in batches:
+        full = t[b]["full"]
+        rows.append({"method": "full", "ratio": 1.0, "kept": m.num_patches, "batch": b,
+                     "median_ms": full["median_ms"], "min_ms": full["min_ms"],
+                     "ms_per_image": full["median_ms"] / b, "gflops": full_gf, "gflops_ratio": 1.0,
+                     "speedup": 1.0})
+        for meth in meths:
+            for r in ratios:
+                k = m.keep_count(r)
+                key = f"{meth.name}@{r:g}"
+                if key not in t[b]:
+                    continue
+                gf = float(m.flops(keep=k, extra_tokens=meth.extra_tokens)) + ranker_gflops(m, meth)
+                rows.append({"method": meth.name, "ratio": r, "kept": k, "batch": b,
+                             "median_ms": t[b][key]["median_ms"], "min_ms": t[b][key]["min_ms"],
+                             "ms_per_image": t[b][key]["median_ms"] / b, "gflops": gf,
+                             "gflops_ratio": gf / full_gf,
+                             "speedup": full["median_ms"] / t[b][key]["median_ms"]})
+    meta = {"model": m.name, "pretrained": m.pretrained, "model_id": m.model_id,
+            "device": str(m.device), "dtype": str(m.dtype).replace("torch.", ""),
+            "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "prune_layer": m.prune_layer, "num_patches": m.num_patches, "repeats": repeats,
+            "warmup": warmup, "batches": list(batches), "skipped": skipped,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "note": "median/min ms per m.encode_image call, interleaved repeats (patchrank.timing)"}
+    return {"format": "patchrank-bench/1", "meta": meta, "rows": rows}
+
+
+def cli_bench(a) -> int:
+    try:
+        m = _load(a)
+        images = None
+        batches = _parse_ints(a.batches, "batches")
+        if a.data:
+            ds = _as_dataset(a.data, max(batches))
+            images = torch.stack([m.preprocess(_image(ds, i)) for i in range(len(ds.ids))])
+        res = bench(m, _parse_list(a.methods), _parse_floats(a.ratios, "ratios"), batches,
+                    repeats=a.repeats, warmup=a.warmup, images=images, predictor=a.predictor,
+                    tokens=a.tokens, progress=not a.no_progress)
+    except PatchRankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    text = json.dumps(_finite(res), indent=1)
+    if a.out:
+        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+        _atomic_write(Path(a.out), text)
+    print(text)
+    return 0
