@@ -1,0 +1,350 @@
+"""Glue between the app and the ``patchrank`` engine: loading models and predictors, asking the
+engine for patch orders and (pruned) embeddings. No model maths lives here: every forward pass,
+ranking and metric is an engine call. Engine parts still being written are imported lazily; when
+one is missing the app says so in plain words instead of failing.
+"""
+from __future__ import annotations
+
+import hashlib
+import inspect
+import os
+import statistics
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+import patchrank as pr
+from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
+
+from .store import LRU
+
+ON_SPACES = bool(os.environ.get("SPACE_ID"))
+
+#: Model choices offered in the selector: key -> (label, load_model args).
+MODEL_CHOICES: dict[str, tuple[str, dict]] = {
+    "bundled": ("bundled PatchRank CLIP (offline, 14x14 patches)", {"name": "bundled"}),
+    "ViT-B-16/openai": ("ViT-B-16 / openai (14x14 patches)", {"name": "ViT-B-16", "pretrained": "openai"}),
+    "ViT-B-32/openai": ("ViT-B-32 / openai (7x7 patches)", {"name": "ViT-B-32", "pretrained": "openai"}),
+    "local": ("local checkpoint (file or local-dir:)", {}),
+}
+#: The real-CLIP model preloaded on Spaces (its weights come from preload_from_hub).
+SPACES_DEFAULT = "ViT-B-16/openai"
+#: Labels prefilled for real CLIP models: everyday things plus what the example photos show.
+DEFAULT_REAL_LABELS = (
+    "cat", "dog", "bird", "horse", "person", "astronaut", "rocket", "airplane", "car", "motorcycle",
+    "boat", "cup of coffee", "flower", "tree", "building", "pagoda", "coins", "camera", "galaxy",
+    "retina", "food", "book",
+)
+#: Rankers the app knows how to name; any other registered ranker is listed too.
+BUILTIN_ORDERED = ("golden", "predictor", "attention", "norm", "random", "tome")
+GOLDEN_MODES = {"exact": "exact greedy search",
+                "fast": "fast approximate (2x2 cells)"}
+
+
+class EngineMissing(RuntimeError):
+    """An engine part this feature needs is not there yet."""
+
+
+def _call(fn: Callable, *args, **kwargs):
+    """Call ``fn`` with only the keyword arguments its signature accepts."""
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(*args, **kwargs)
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(*args, **kwargs)
+
+
+# -- models ---------------------------------------------------------------------------------------
+class ModelRegistry:
+    """Loaded models, shared read-only by every session. The bundled one stays loaded; at most
+    ``capacity`` others are kept (least recently used dropped)."""
+
+    def __init__(self, capacity: int = 2):
+        self._bundled = None
+        self._others: LRU = LRU(capacity)
+        self._lock = threading.Lock()
+
+    def bundled(self) -> pr.PatchModel:
+        with self._lock:
+            if self._bundled is None:
+                self._bundled = pr.load_model()
+            return self._bundled
+
+    def is_loaded(self, key: str) -> bool:
+        return key == "bundled" and self._bundled is not None or key in self._others
+
+    def get(self, key: str) -> pr.PatchModel:
+        """A model already loaded (or the bundled one); KeyError if it was dropped."""
+        if key == "bundled":
+            return self.bundled()
+        m = self._others.get(key)
+        if m is None:
+            raise KeyError(key)
+        return m
+
+    def load(self, key: str, arch: str = "", path: str = "") -> tuple[str, pr.PatchModel]:
+        """Load (or reuse) a model; returns (registry key, model). Raises PatchRankError."""
+        if key == "bundled":
+            return key, self.bundled()
+        if key == "local":
+            key, kwargs = local_spec(arch, path)
+        elif key in MODEL_CHOICES:
+            kwargs = MODEL_CHOICES[key][1]
+        else:
+            raise PatchRankError(f"unknown model choice {key!r}")
+        with self._lock:
+            m = self._others.get(key)
+            if m is None:
+                kwargs = dict(kwargs)
+                name = kwargs.pop("name")
+                m = pr.load_model(name, **kwargs)
+                self._others.put(key, m)
+        return key, m
+
+
+def local_spec(arch: str, path: str) -> tuple[str, dict]:
+    """Registry key and load_model arguments for a local checkpoint file or an open_clip folder."""
+    if ON_SPACES and not os.environ.get("PATCHRANK_ALLOW_LOCAL"):
+        raise PatchRankError("local checkpoints are switched off on Spaces; pick a listed model")
+    path = (path or "").strip()
+    arch = (arch or "").strip()
+    if not path:
+        raise PatchRankError("give a checkpoint path (e.g. /models/ViT-B-16.safetensors) or "
+                             "local-dir:/path/to/open_clip_folder")
+    if path.startswith("local-dir:"):
+        return path, {"name": path}
+    if not arch:
+        raise PatchRankError("give the open_clip architecture of the checkpoint, e.g. ViT-B-16")
+    return f"{arch}@{path}", {"name": arch, "pretrained": path}
+
+
+REGISTRY = ModelRegistry()
+
+
+def labels_for(m: pr.PatchModel) -> list[str]:
+    """The class labels to prefill for a model: its own classes, else a general list."""
+    return list(m.classnames) if m.classnames else list(DEFAULT_REAL_LABELS)
+
+
+def describe(m: pr.PatchModel) -> str:
+    rows, cols = m.grid
+    return (f"{m.name}{'/' + str(m.pretrained) if m.pretrained and len(str(m.pretrained)) < 40 else ''}: "
+            f"{rows}x{cols} = {m.num_patches} patches, {m.num_layers} blocks, pruned at the input of "
+            f"block {m.prune_layer}, {float(pr.flops(m)):.2f} GFLOPs unpruned")
+
+
+# -- rankers --------------------------------------------------------------------------------------
+def registered_rankers() -> tuple[list[str], str | None]:
+    """Names of the engine's registered rankers, or ([], why) if the registry can't load."""
+    try:
+        from patchrank import rankers
+        names = [n for n in rankers.available() if n == "golden" or not n.startswith("golden")]
+        return names, None
+    except ImportError as e:
+        return [], f"the engine's rankers are not available yet ({e})"
+
+
+def is_merger(name: str) -> bool:
+    from patchrank import rankers
+    r = rankers.resolve(name)
+    return hasattr(r, "reduce") and not hasattr(r, "scores")
+
+
+@dataclass
+class PredictorInfo:
+    predictor: Any
+    source: str      # "bundled" or the uploaded file's name
+    digest: str
+
+
+_PREDICTORS: LRU = LRU(8)
+
+
+def bundled_predictor(m: pr.PatchModel) -> tuple[PredictorInfo | None, str]:
+    """The shipped predictor for ``m`` if there is one; else (None, why)."""
+    hit = _PREDICTORS.get(m.model_id)
+    if hit is not None:
+        return hit
+    try:
+        from patchrank.predictor import load_predictor
+    except ImportError:
+        return None, "the predictor engine (patchrank.predictor) is not available yet"
+    try:
+        p = _call(load_predictor, model=m)
+        out = (PredictorInfo(p, "bundled", "bundled"), "")
+    except ModelMismatch:
+        out = (None, f"no predictor has been trained for {m.name}"
+                     f"{'/' + str(m.pretrained) if m.pretrained else ''} yet")
+    except (WeightsUnavailable, FileNotFoundError) as e:
+        out = (None, f"no predictor file is available ({e})")
+    _PREDICTORS.put(m.model_id, out)
+    return out
+
+
+def load_uploaded_predictor(m: pr.PatchModel, path: str, name: str) -> PredictorInfo:
+    """A predictor file uploaded by a user; refuses one trained for another model."""
+    try:
+        from patchrank.predictor import load_predictor
+    except ImportError:
+        raise EngineMissing("the predictor engine (patchrank.predictor) is not available yet") from None
+    digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
+    p = _call(load_predictor, path=path, model=m)
+    return PredictorInfo(p, name, digest)
+
+
+_TOKENS: LRU = LRU(8)
+
+
+def bundled_tokens(m: pr.PatchModel) -> tuple[Any | None, str]:
+    """The shipped learnable tokens for ``m`` if there are any; else (None, why)."""
+    hit = _TOKENS.get(m.model_id)
+    if hit is not None:
+        return hit
+    try:
+        from patchrank.tokens import load_tokens
+    except ImportError:
+        return None, "the learnable-tokens engine (patchrank.tokens) is not available yet"
+    try:
+        out = (_call(load_tokens, model=m), "")
+    except ModelMismatch:
+        out = (None, f"no learnable tokens have been trained for {m.name} yet")
+    except (WeightsUnavailable, FileNotFoundError) as e:
+        out = (None, f"no learnable tokens file is available ({e})")
+    _TOKENS.put(m.model_id, out)
+    return out
+
+
+def golden_order(m: pr.PatchModel, x: torch.Tensor, mode: str,
+                 progress: Callable[[float, str], None] | None = None) -> np.ndarray:
+    """Golden ranking (label-free similarity score) of one image: order [P], best first."""
+    try:
+        from patchrank.golden import golden_ranking
+    except ImportError:
+        raise EngineMissing("the golden-ranking engine (patchrank.golden) is not available yet") from None
+    import patchrank.golden as G
+    kwargs: dict = dict(getattr(G, "DEFAULT_SETTINGS", {"score": "similarity", "step": 10, "block": 1}))
+    kwargs["score"] = "similarity"          # label free: the app's labels don't change the ranking
+    if mode == "fast":                      # 2x2 cells, 5 per round: ~8x fewer variants on 14x14
+        rows, cols = m.grid
+        even = rows % 2 == 0 and cols % 2 == 0
+        kwargs.update(mode="greedy", block=2 if even else 1, step=5 if even else max(10, m.num_patches // 8))
+    if progress is not None:
+        kwargs["progress"] = progress
+    with torch.inference_mode():
+        r = _call(golden_ranking, m, x, **kwargs)
+    return _order(r.order if hasattr(r, "order") else r)
+
+
+def ranker_order(m: pr.PatchModel, x: torch.Tensor, name: str, pred: PredictorInfo | None = None) -> np.ndarray:
+    """Order [P] (best first) from the predictor or a named training-free ranker."""
+    with torch.inference_mode():
+        if name == "predictor":
+            if pred is None:
+                raise EngineMissing("no predictor for this model")
+            return _order(pred.predictor.rank(m, x))
+        return _order(m.rank(x, name))
+
+
+def _order(o) -> np.ndarray:
+    o = torch.as_tensor(o)
+    return (o[0] if o.dim() == 2 else o).detach().cpu().numpy().astype(np.int64)
+
+
+def tome_groups(m: pr.PatchModel, prefix: torch.Tensor, k: int) -> np.ndarray:
+    """ToMe merge group (output token 0..k-1) of every patch [P], from the prefix tokens."""
+    try:
+        from patchrank.baselines import ToMeMerger
+    except ImportError:
+        raise EngineMissing("the baselines engine (patchrank.baselines) is not available yet") from None
+    with torch.inference_mode():
+        return ToMeMerger().merge(m, prefix, k).groups[0].cpu().numpy().astype(np.int64)
+
+
+def prefix(m: pr.PatchModel, x: torch.Tensor) -> torch.Tensor:
+    """Tokens entering the prune layer [1,1+P,D] (what merging works on)."""
+    with torch.inference_mode():
+        return m.prefix(x)
+
+
+# -- embeddings and timing ------------------------------------------------------------------------
+def embed_full(m: pr.PatchModel, x: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return m.encode_image(x)[0].float().cpu()
+
+
+def embed_kept(m: pr.PatchModel, x: torch.Tensor, keep_ids: list[np.ndarray], tokens=None) -> torch.Tensor:
+    """Embeddings [N,E] of one image pruned to each of N equal-size keep sets (one batch);
+    ``tokens``: learnable tokens appended after the pruning."""
+    ids = torch.as_tensor(np.sort(np.stack(keep_ids), axis=1), dtype=torch.long)
+    with torch.inference_mode():
+        return m.encode_image(x.expand(len(keep_ids), -1, -1, -1), keep=ids, tokens=tokens).float().cpu()
+
+
+def embed_merged(m: pr.PatchModel, x: torch.Tensor, ratio: float, name: str, tokens=None) -> torch.Tensor:
+    with torch.inference_mode():
+        return m.encode_image(x, keep_ratio=ratio, ranker=name, tokens=tokens)[0].float().cpu()
+
+
+def probs(m: pr.PatchModel, labels: list[str], emb: torch.Tensor, tokens=None) -> np.ndarray:
+    """Zero-shot class probabilities [.., C] for image embeddings (the engine's classifier; with
+    ``tokens`` that carry a learned text context, their prompts)."""
+    clf = tokens.zero_shot(m, labels) if tokens is not None and getattr(tokens, "n_ctx", 0) else m.zero_shot(labels)
+    with torch.inference_mode():
+        return clf.probs(emb if emb.dim() == 2 else emb[None]).cpu().numpy()
+
+
+def time_forward(m: pr.PatchModel, x: torch.Tensor, keep_ids: np.ndarray | None,
+                 repeats: int = 3, tokens=None) -> tuple[float, float]:
+    """Median ms of the pruned and the full forward of one image, interleaved, after a warm-up."""
+    ids = None if keep_ids is None else torch.as_tensor(np.sort(keep_ids), dtype=torch.long)[None]
+    pruned, full = [], []
+    with torch.inference_mode():
+        m.encode_image(x, keep=ids, tokens=tokens)
+        m.encode_image(x)
+        for _ in range(repeats):
+            t = time.perf_counter()
+            m.encode_image(x, keep=ids, tokens=tokens)
+            pruned.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            m.encode_image(x)
+            full.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(pruned), 1e3 * statistics.median(full)
+
+
+def kept_iou(a: np.ndarray, b: np.ndarray, ratio: float) -> float | None:
+    try:
+        from patchrank import metrics
+    except ImportError:
+        return None
+    return float(metrics.kept_iou(torch.as_tensor(a)[None], torch.as_tensor(b)[None], ratio)[0])
+
+
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float | None:
+    try:
+        from patchrank import metrics
+    except ImportError:
+        return None
+    return float(metrics.kendall_tau(torch.as_tensor(a)[None], torch.as_tensor(b)[None])[0])
+
+
+#: Methods swept on demand from the app (golden only when asked: it searches per image).
+SWEEP_METHODS = ("predictor", "attention", "norm", "random", "tome")
+SWEEP_RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3)
+
+
+def run_sweep(m: pr.PatchModel, spec: str, *, limit: int, include_golden: bool = False,
+              predictor: Any = None) -> dict:
+    """The engine's accuracy / GFLOPs / latency sweep on a dataset spec, kept in memory."""
+    try:
+        from patchrank.sweep import run_sweep as sweep
+    except ImportError:
+        raise EngineMissing("the sweep engine (patchrank.sweep) is not available yet") from None
+    methods = (("golden",) if include_golden else ()) + SWEEP_METHODS
+    return _call(sweep, m, spec, methods=methods, ratios=SWEEP_RATIOS, out=None, batch=32,
+                 latency_batches=(1,), repeats=3, limit=limit, predictor=predictor, progress=True)

@@ -1,0 +1,745 @@
+"""Event handlers as plain functions: images, numbers and strings in; PIL images, dicts, figures
+and markdown out. The UI (``app.ui``) only wires them to components; tests call them directly.
+
+Every handler takes ``session``: an id for the per-session state in ``app.store`` (the UI passes
+gradio's session hash). Bad input raises ``gr.Error`` with a message a person can act on.
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import gradio as gr
+import numpy as np
+import torch
+
+import patchrank as pr
+from patchrank.errors import PatchRankError
+
+from . import engine, plots, render
+from .inputs import InputError, check_choice, check_ratio, file_path, load_image, parse_labels
+from .store import LRU, MAX_PREDICTORS_PER_SESSION, session as get_session
+
+Progress = Callable[..., Any] | None
+ASSETS = Path(__file__).resolve().parent.parent / "assets"
+EXAMPLES_DIR = ASSETS / "examples"
+#: Finished analyses shared by all sessions (same model + predictor + image + golden mode).
+ANALYSES: LRU = LRU(24)
+_ANALYSIS_LOCKS: LRU = LRU(64)
+TRAIN_HINT = ("Train one with `python -m patchrank train-predictor` for this model (a GPU is "
+              "advised: golden rankings for a few thousand images come first), then upload the "
+              "`.safetensors` file below.")
+
+
+def app_tmp() -> Path:
+    """The app's temporary folder: exports and generated example scenes are written only here."""
+    root = Path(os.environ.get("PATCHRANK_APP_TMP") or Path(tempfile.gettempdir()) / "patchrank-app")
+    root = root / "files"
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _fail(e: Exception) -> gr.Error:
+    return gr.Error(str(e).strip() or type(e).__name__, print_exception=False)
+
+
+def ranker_choices() -> list[tuple[str, str]]:
+    """(label, value) pairs for the two ranker selectors: golden, predictor, then the engine's."""
+    names, _ = engine.registered_rankers()
+    values = list(engine.BUILTIN_ORDERED) + [n for n in names if n not in engine.BUILTIN_ORDERED]
+    return [(plots.display_name(v), v) for v in values]
+
+
+RANKER_VALUES = [v for _, v in ranker_choices()]
+
+
+# -- the analysis of one image --------------------------------------------------------------------
+@dataclass
+class Analysis:
+    """Everything computed once per (model, predictor, image, golden mode); read-only after."""
+    key: str
+    model_key: str
+    model: Any
+    view: np.ndarray                       # the model's crop, drawn at display size
+    x: torch.Tensor                        # preprocessed [1,3,H,W]
+    orders: dict[str, np.ndarray]          # ranker -> order [P], most important first
+    mergers: list[str]                     # available merging "rankers" (no order)
+    missing: dict[str, str]                # ranker -> why it is not available
+    full_emb: torch.Tensor                 # unpruned embedding [E]
+    golden_mode: str
+    predictor_source: str | None
+    seconds: dict[str, float]
+    notes: list[str]
+    image_name: str = "image"
+    curve_embs: dict = field(default_factory=dict)   # filled by curve(): ratios + embeddings
+    taus: dict = field(default_factory=dict)         # (left, right) -> Kendall tau
+    prefix: torch.Tensor | None = None               # tokens entering the prune layer (merging)
+    groups: dict = field(default_factory=dict)       # kept count -> ToMe group per patch
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @functools.cached_property
+    def mask_bases(self) -> tuple[np.ndarray, np.ndarray]:
+        return render.mask_bases(self.view, self.model.grid)
+
+    @property
+    def grid(self) -> tuple[int, int]:
+        return self.model.grid
+
+    @property
+    def num_patches(self) -> int:
+        return self.model.num_patches
+
+
+def _model_for(sess) -> tuple[str, Any]:
+    try:
+        return sess.model_key, engine.REGISTRY.get(sess.model_key)
+    except KeyError:        # dropped from the registry meanwhile: back to the bundled model
+        sess.model_key = "bundled"
+        return "bundled", engine.REGISTRY.bundled()
+
+
+def _predictor_for(sess, m) -> tuple[engine.PredictorInfo | None, str]:
+    up = sess.predictors.get(m.model_id)
+    if up is not None:
+        return up, ""
+    return engine.bundled_predictor(m)
+
+
+def _name_of(image: Any) -> str:
+    if isinstance(image, (str, os.PathLike)):
+        return Path(image).stem[:60] or "image"
+    if isinstance(image, dict) and (image.get("orig_name") or image.get("path")):
+        return Path(image.get("orig_name") or image["path"]).stem[:60]
+    return "image"
+
+
+def analyze(image: Any, golden_mode: str = "exact", *, session: str | None = None,
+            progress: Progress = None, golden: bool = True) -> "Analysis":
+    """Rank the patches of ``image`` with every available ranker on the session's model.
+
+    ``golden=False`` skips the (slow) golden search; ``ensure_golden`` adds it later. Cached: the
+    same image on the same model, predictor and golden mode is analysed once for all sessions.
+    Raises gr.Error for unreadable images."""
+    sess = get_session(session)
+    golden_mode = golden_mode if golden_mode in engine.GOLDEN_MODES else "exact"
+    try:
+        img, notes = load_image(image)
+    except InputError as e:
+        raise _fail(e) from None
+    model_key, m = _model_for(sess)
+    pred, pred_why = _predictor_for(sess, m)
+    x = m.preprocess(img).unsqueeze(0)
+    digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
+    key = f"{m.model_id}|{pred.digest if pred else '-'}|{golden_mode}|{digest}"
+    lock = _ANALYSIS_LOCKS.setdefault(key, threading.Lock)
+    with lock:
+        hit = ANALYSES.get(key)
+        if hit is None:
+            hit = _compute_analysis(key, model_key, m, img, x, golden_mode, pred, pred_why, notes,
+                                    _name_of(image), progress)
+            ANALYSES.put(key, hit)
+    sess.analysis = hit
+    if golden:
+        ensure_golden(hit, progress)
+    return hit
+
+
+def _compute_analysis(key, model_key, m, img, x, golden_mode, pred, pred_why, notes, name,
+                      progress) -> Analysis:
+    seconds, orders, missing, mergers = {}, {}, {}, []
+    view = render.model_view(img, m.image_size, m.grid)
+    report = _progress_fn(progress)
+    report(0.0, "full forward")
+    t = time.perf_counter()
+    full = engine.embed_full(m, x)
+    seconds["full forward"] = time.perf_counter() - t
+    names, why = engine.registered_rankers()
+    for name_ in [v for v in RANKER_VALUES if v not in ("golden", "predictor")]:
+        if name_ not in names:
+            missing[name_] = why or f"the engine has no ranker named {name_!r}"
+            continue
+        t = time.perf_counter()
+        try:
+            if engine.is_merger(name_):
+                mergers.append(name_)
+                continue
+            orders[name_] = engine.ranker_order(m, x, name_)
+        except (PatchRankError, engine.EngineMissing) as e:
+            missing[name_] = str(e)
+        seconds[name_] = time.perf_counter() - t
+    if pred is not None:
+        t = time.perf_counter()
+        try:
+            orders["predictor"] = engine.ranker_order(m, x, "predictor", pred)
+        except PatchRankError as e:
+            missing["predictor"] = str(e)
+        seconds["predictor"] = time.perf_counter() - t
+    else:
+        missing["predictor"] = pred_why
+    if "golden" not in names:
+        missing["golden"] = why or "the engine has no golden ranking"
+    a = Analysis(key, model_key, m, view, x, orders, mergers, missing, full, golden_mode,
+                 pred.source if pred else None, seconds, notes, name)
+    if "tome" in mergers:
+        a.prefix = engine.prefix(m, x)
+    return a
+
+
+def golden_pending(a: Analysis) -> bool:
+    return "golden" not in a.orders and "golden" not in a.missing
+
+
+def ensure_golden(a: Analysis, progress: Progress = None) -> None:
+    """Add the golden ranking to an analysis (once; other sessions wait for the same result)."""
+    if not golden_pending(a):
+        return
+    with a._lock:
+        if not golden_pending(a):
+            return
+        report = _progress_fn(progress)
+        report(None, f"golden ranking ({engine.GOLDEN_MODES[a.golden_mode]})")
+        t = time.perf_counter()
+        try:
+            a.orders["golden"] = engine.golden_order(
+                a.model, a.x, a.golden_mode,
+                progress=lambda f, desc="golden ranking": report(f, desc))
+        except (PatchRankError, engine.EngineMissing) as e:
+            a.missing["golden"] = str(e)
+        a.seconds["golden"] = time.perf_counter() - t
+        report(1.0, "done")
+
+
+def _progress_fn(progress: Progress) -> Callable[[float, str], None]:
+    def report(frac: float | None, desc: str = "") -> None:
+        if progress is not None:
+            try:
+                progress(None if frac is None else min(1.0, max(0.0, float(frac))), desc=desc)
+            except Exception:   # a progress bar must never break the work
+                pass
+    return report
+
+
+def _current(session: str | None) -> Analysis:
+    a = get_session(session).analysis
+    if a is None:
+        raise gr.Error("No image analysed yet in this session: upload an image (or pick an "
+                       "example) first.", print_exception=False)
+    return a
+
+
+# -- drawing the panels ---------------------------------------------------------------------------
+def _heat_panel(a: Analysis, name: str, ratio: float):
+    title = plots.display_name(name)
+    title += "" if title.endswith("ranking") else " ranking"
+    if name in a.orders:
+        if name == "golden":
+            title += f" ({a.golden_mode})"
+        return render.heatmap(a.view, a.orders[name], a.grid, title)
+    if name in a.mergers:
+        return _groups_panel(a, name, ratio)
+    if name == "golden" and golden_pending(a):
+        return render.placeholder(a.view, "Computing the golden ranking "
+                                  f"({engine.GOLDEN_MODES[a.golden_mode]})...")
+    return render.placeholder(a.view, _why_missing(a, name))
+
+
+def _groups_panel(a: Analysis, name: str, ratio: float):
+    if name != "tome" or a.prefix is None:
+        return render.placeholder(a.view, f"{plots.display_name(name)} merges tokens: it has no "
+                                  "per-patch order or groups to draw. Its accuracy is in the curve.")
+    k = a.model.keep_count(ratio)
+    groups = a.groups.get(k)
+    if groups is None:
+        try:
+            groups = engine.tome_groups(a.model, a.prefix, k)
+        except (PatchRankError, engine.EngineMissing) as e:
+            return render.placeholder(a.view, f"{plots.display_name(name)}: {e}")
+        if len(a.groups) > 64:
+            a.groups.clear()
+        a.groups[k] = groups
+    return render.groups_overlay(a.view, groups, a.grid,
+                                 f"{plots.display_name(name)} groups at keep {ratio:.2f}")
+
+
+def _why_missing(a: Analysis, name: str) -> str:
+    why = a.missing.get(name, "not available for this model")
+    if name == "predictor":
+        return f"No predictor for this model: {why}." + ("" if "train-predictor" in why else f" {TRAIN_HINT}")
+    return f"{plots.display_name(name)}: {why}"
+
+
+def _mask_panel(a: Analysis, name: str, ratio: float):
+    k = a.model.keep_count(ratio)
+    if name in a.orders:
+        return render.mask_overlay(a.view, render.keep_mask(a.orders[name], k), a.grid,
+                                   f"{plots.display_name(name)} at keep ratio {ratio:.2f}", a.mask_bases)
+    if name in a.mergers:
+        return _groups_panel(a, name, ratio)
+    if name == "golden" and golden_pending(a):
+        return render.placeholder(a.view, "Computing the golden ranking...")
+    return render.placeholder(a.view, _why_missing(a, name))
+
+
+def _agreement_md(a: Analysis, left: str, right: str, ratio: float) -> str:
+    k = a.model.keep_count(ratio)
+    head = (f"**Keep ratio {ratio:.2f}**: {k} of {a.num_patches} patches kept from block "
+            f"{a.model.prune_layer} on; GFLOPs {float(pr.flops(a.model, keep=k)):.3f} of "
+            f"{float(pr.flops(a.model)):.3f} (1 MAC = 2 FLOPs).")
+    if left not in a.orders or right not in a.orders:
+        return head + "  \nAgreement needs two rankers with a patch order (not a merger)."
+    if left == right:
+        return head + "  \nBoth sides show the same ranker."
+    tau = a.taus.get((left, right))
+    if tau is None:
+        tau = a.taus[(left, right)] = engine.kendall_tau(a.orders[left], a.orders[right])
+    iou = engine.kept_iou(a.orders[left], a.orders[right], ratio)
+    if tau is None or iou is None:
+        return head + "  \nAgreement metrics are not available (patchrank.metrics missing)."
+    return (head + f"  \n**{plots.display_name(left)} vs {plots.display_name(right)}**: "
+            f"Kendall tau {tau:+.3f} over the full order; kept-set IoU {iou:.3f} at this ratio.")
+
+
+def _checked(ratio: Any, left: Any, right: Any) -> tuple[float, str, str]:
+    try:
+        return (check_ratio(ratio), check_choice(left, RANKER_VALUES, "ranker"),
+                check_choice(right, RANKER_VALUES, "ranker"))
+    except InputError as e:
+        raise _fail(e) from None
+
+
+def views(ratio: float, left: str, right: str, *, session: str | None = None) -> tuple:
+    """All four panels + agreement: (heat_left, heat_right, mask_left, mask_right, markdown)."""
+    ratio, left, right = _checked(ratio, left, right)
+    a = _current(session)
+    return (_heat_panel(a, left, ratio), _heat_panel(a, right, ratio), _mask_panel(a, left, ratio),
+            _mask_panel(a, right, ratio), _agreement_md(a, left, right, ratio))
+
+
+def threshold(ratio: float, left: str, right: str, *, session: str | None = None) -> tuple:
+    """The slider's fast path: re-threshold cached orders, no model run.
+    Returns (mask_left, mask_right, agreement markdown)."""
+    ratio, left, right = _checked(ratio, left, right)
+    a = _current(session)
+    return _mask_panel(a, left, ratio), _mask_panel(a, right, ratio), _agreement_md(a, left, right, ratio)
+
+
+def status_md(a: Analysis) -> str:
+    m = a.model
+    lines = [f"**Model** {engine.describe(m)}."]
+    secs = ", ".join(f"{k} {v * 1e3:.0f} ms" if v < 1 else f"{k} {v:.1f} s"
+                     for k, v in a.seconds.items())
+    lines.append(f"**Analysed** `{a.image_name}` ({secs})."
+                 + (" Golden ranking in progress..." if golden_pending(a) else ""))
+    if a.notes:
+        lines.append("**Input** " + "; ".join(a.notes) + ".")
+    if "predictor" in a.missing:
+        why = a.missing["predictor"]
+        lines.append(f"**No predictor for this model**: {why}."
+                     + ("" if "train-predictor" in why else f" {TRAIN_HINT}")
+                     + " Until then, compare the golden ranking with the training-free rankers.")
+    elif a.predictor_source and a.predictor_source != "bundled":
+        lines.append(f"**Predictor** uploaded file `{a.predictor_source}`.")
+    other = {k: v for k, v in a.missing.items() if k != "predictor"}
+    if other:
+        lines.append("**Not available**: " + "; ".join(f"{plots.display_name(k)}: {v}"
+                                                       for k, v in other.items()) + ".")
+    return "  \n".join(lines)
+
+
+def analyze_views(image: Any, golden_mode: str, ratio: float, left: str, right: str, *,
+                  session: str | None = None, progress: Progress = None, golden: bool = True) -> tuple:
+    """Analyse then draw: (heat_left, heat_right, mask_left, mask_right, agreement md, status md)."""
+    ratio, left, right = _checked(ratio, left, right)
+    a = analyze(image, golden_mode, session=session, progress=progress, golden=golden)
+    return (*views(ratio, left, right, session=session), status_md(a))
+
+
+def golden_views(ratio: float, left: str, right: str, *, session: str | None = None,
+                 progress: Progress = None) -> tuple:
+    """Add the golden ranking to the current analysis, then redraw (as ``analyze_views``)."""
+    ratio, left, right = _checked(ratio, left, right)
+    a = _current(session)
+    ensure_golden(a, progress)
+    return (*views(ratio, left, right, session=session), status_md(a))
+
+
+# -- pruned forward on release --------------------------------------------------------------------
+def _labels(labels: Any) -> list[str]:
+    try:
+        return parse_labels(labels)
+    except InputError as e:
+        raise _fail(e) from None
+
+
+def _probs(m, labels: list[str], emb: torch.Tensor, tokens=None) -> np.ndarray:
+    try:
+        return engine.probs(m, labels, emb, tokens)
+    except PatchRankError as e:
+        raise _fail(e) from None
+
+
+def _label_dict(labels: list[str], p: np.ndarray, top: int = 5) -> dict[str, float]:
+    idx = np.argsort(-p)[:top]
+    return {labels[i]: float(p[i]) for i in idx}
+
+
+def _pruned_emb(a: Analysis, name: str, ratio: float, tokens=None) -> torch.Tensor | None:
+    k = a.model.keep_count(ratio)
+    if name in a.orders:
+        return engine.embed_kept(a.model, a.x, [a.orders[name][:k]], tokens)[0]
+    if name in a.mergers:
+        return engine.embed_merged(a.model, a.x, ratio, name, tokens)
+    return None
+
+
+def prune(ratio: float, left: str, right: str, labels: Any, use_tokens: bool = False, *,
+          session: str | None = None) -> tuple:
+    """Run the pruned forward at ``ratio`` for both rankers (with the model's learnable tokens
+    appended when ``use_tokens`` and it has some): (top-5 full, top-5 left, top-5 right, cost
+    markdown). Top-5 are {label: probability} dicts."""
+    ratio, left, right = _checked(ratio, left, right)
+    names = _labels(labels)
+    a = _current(session)
+    m = a.model
+    k = m.keep_count(ratio)
+    tokens, tok_note = None, ""
+    if use_tokens:
+        tokens, why = engine.bundled_tokens(m)
+        tok_note = (f"  \n**Learnable tokens** {tokens.num_visual} visual"
+                    + (f" + {tokens.n_ctx} text context" if getattr(tokens, 'n_ctx', 0) else "")
+                    + " appended after pruning (pruned side only)." if tokens is not None
+                    else f"  \n**No learnable tokens for this model**: {why}.")
+    full = _probs(m, names, a.full_emb)[0]
+    out = [_label_dict(names, full)]
+    for name in (left, right):
+        emb = _pruned_emb(a, name, ratio, tokens)
+        out.append({} if emb is None else _label_dict(names, _probs(m, names, emb, tokens)[0]))
+    timed = next((n for n in (left, right, "golden", "random") if n in a.orders), None)
+    lat_p, lat_f = engine.time_forward(m, a.x, None if timed is None else a.orders[timed][:k], tokens=tokens)
+    extra = tokens.num_visual if tokens is not None else 0
+    g_p, g_f = float(pr.flops(m, keep=k, extra_tokens=extra)), float(pr.flops(m))
+    top = names[int(np.argmax(full))]
+    flips = []
+    for name, d in zip((left, right), out[1:]):
+        if d:
+            p_top = next(iter(d))
+            flips.append(f"{plots.display_name(name)}: top-1 **{p_top}**"
+                         + (" (same as full)" if p_top == top else " (**changed**)"))
+    md = (f"**Kept tokens** {k} of {a.num_patches} patches (+ CLS"
+          + (f" + {extra} learnable" if extra else "") + f") from block {m.prune_layer} on.  \n"
+          f"**GFLOPs** {g_p:.3f} pruned vs {g_f:.3f} full ({100 * (1 - g_p / g_f):.0f}% fewer; "
+          f"analytic, 1 MAC = 2 FLOPs).  \n"
+          f"**Latency** {lat_p:.1f} ms pruned vs {lat_f:.1f} ms full (x{lat_f / max(lat_p, 1e-6):.2f}); "
+          f"this image, batch 1, median of 3 on this server's CPU.  \n"
+          f"**Full model** top-1 **{top}**. " + "; ".join(flips) + tok_note)
+    return (*out, md)
+
+
+# -- per-image curve ------------------------------------------------------------------------------
+#: A pruned prediction counts as changed only if another class beats the full top class by this.
+FLIP_MARGIN = 1e-4
+
+
+def curve_ratios(m) -> list[float]:
+    step = 0.05 if float(pr.flops(m)) < 2.0 else 0.1
+    n = int(round(1 / step))
+    return [round(step * i, 2) for i in range(1, n + 1)]
+
+
+def _curve_embeddings(a: Analysis, progress: Progress = None) -> dict:
+    """Pruned embeddings of this image at every curve ratio, per ranker (computed once each)."""
+    with a._lock:
+        have = a.curve_embs.setdefault("emb", {})
+        ratios = a.curve_embs.setdefault("ratios", curve_ratios(a.model))
+        ordered = [n for n in RANKER_VALUES if n in a.orders and n not in have]
+        mergers = [n for n in a.mergers if n not in have]
+        if not ordered and not mergers:
+            return a.curve_embs
+        report = _progress_fn(progress)
+        embs = {n: [] for n in ordered + mergers}
+        for i, r in enumerate(ratios):
+            report(i / len(ratios), f"keep ratio {r:.2f}")
+            k = a.model.keep_count(r)
+            if ordered:
+                e = engine.embed_kept(a.model, a.x, [a.orders[n][:k] for n in ordered])
+                for n, row in zip(ordered, e):
+                    embs[n].append(row)
+            for n in mergers:
+                embs[n].append(engine.embed_merged(a.model, a.x, r, n))
+        report(1.0, "done")
+        have.update({n: torch.stack(v) for n, v in embs.items()})
+        return a.curve_embs
+
+
+def curve_data(a: Analysis, labels: list[str], progress: Progress = None) -> dict:
+    """Top-class probability vs keep ratio per ranker, and where each prediction flips."""
+    c = _curve_embeddings(a, progress)
+    full = _probs(a.model, labels, a.full_emb)[0]
+    top = int(np.argmax(full))
+    out = {"top_class": labels[top], "full_prob": float(full[top]), "ratios": c["ratios"],
+           "model": a.model.model_id, "image": a.image_name, "rankers": {}}
+    for name in [n for n in RANKER_VALUES if n in c["emb"]]:
+        p = _probs(a.model, labels, c["emb"][name])
+        pred = p.argmax(1)
+        flip = None   # highest keep ratio (below 1) whose top class clearly differs from the full one
+        for r, row in sorted(zip(c["ratios"], p), key=lambda t: -t[0]):
+            if r < 1.0 and row.max() - row[top] > FLIP_MARGIN:
+                flip = r
+                break
+        out["rankers"][name] = {"prob": [float(v) for v in p[:, top]],
+                                "top1": [labels[i] for i in pred], "flip": flip}
+    return out
+
+
+def curve(labels: Any, *, session: str | None = None, progress: Progress = None) -> tuple:
+    """(plotly figure, markdown) of the full model's top-class probability vs keep ratio."""
+    names = _labels(labels)
+    a = _current(session)
+    d = curve_data(a, names, progress)
+    parts = []
+    for name, row in d["rankers"].items():
+        parts.append(f"{plots.display_name(name)}: " +
+                     (f"prediction changes at keep {row['flip']:.2f}" if row["flip"] is not None
+                      else "prediction never changes"))
+    md = (f"Full model: **{d['top_class']}** (p={d['full_prob']:.3f}). Highest keep ratio at which the "
+          f"pruned prediction differs: " + "; ".join(parts) + ".")
+    return plots.curve_figure(d), md
+
+
+# -- exports --------------------------------------------------------------------------------------
+MAX_EXPORT_DIRS = 64
+
+
+def _export_dir(session: str | None) -> Path:
+    root = app_tmp() / "exports"
+    root.mkdir(parents=True, exist_ok=True)
+    sess = get_session(session)
+    for old in sess.exports:                       # one export folder per session at a time
+        shutil.rmtree(old, ignore_errors=True)
+    dirs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    for old in dirs[:max(0, len(dirs) - MAX_EXPORT_DIRS + 1)]:
+        shutil.rmtree(old, ignore_errors=True)
+    d = Path(tempfile.mkdtemp(prefix="export-", dir=root))
+    sess.exports = [str(d)]
+    return d
+
+
+def export(ratio: float, left: str, right: str, labels: Any, *, session: str | None = None,
+           progress: Progress = None) -> list[str]:
+    """Write overlay PNGs, rankings (JSON, CSV) and the per-image curve (JSON, CSV) into the app's
+    temporary folder; returns the file paths."""
+    ratio, left, right = _checked(ratio, left, right)
+    names = _labels(labels)
+    a = _current(session)
+    d = _export_dir(session)
+    files = []
+    for name in dict.fromkeys((left, right)):
+        for kind, img in (("ranking", _heat_panel(a, name, ratio)), ("mask", _mask_panel(a, name, ratio))):
+            path = d / f"{kind}_{name}_keep{ratio:.2f}.png"
+            img.save(path)
+            files.append(path)
+    rows, cols = a.grid
+    order_names = [n for n in RANKER_VALUES if n in a.orders]
+    ranks = {n: render.rank_of(a.orders[n]) for n in order_names}
+    meta = {"model": a.model.model_id, "grid": [rows, cols], "prune_layer": a.model.prune_layer,
+            "image": a.image_name, "golden_mode": a.golden_mode, "keep_ratio": ratio,
+            "keep_count": a.model.keep_count(ratio),
+            "convention": "order: patch ids most important first; id = row * cols + col"}
+    (d / "rankings.json").write_text(json.dumps(
+        {**meta, "orders": {n: a.orders[n].tolist() for n in order_names},
+         "unavailable": a.missing}, indent=1))
+    with open(d / "rankings.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["patch", "row", "col"] + [f"rank_{n}" for n in order_names]
+                   + [f"kept_{n}" for n in order_names])
+        k = a.model.keep_count(ratio)
+        for p in range(rows * cols):
+            w.writerow([p, p // cols, p % cols] + [int(ranks[n][p]) + 1 for n in order_names]
+                       + [int(ranks[n][p] < k) for n in order_names])
+    files += [d / "rankings.json", d / "rankings.csv"]
+    c = curve_data(a, names, progress)
+    (d / "curve.json").write_text(json.dumps({**meta, **c}, indent=1))
+    with open(d / "curve.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["ranker", "keep_ratio", "keep_count", f"p_{c['top_class']}", "top1", "flip_ratio"])
+        for name, row in c["rankers"].items():
+            for r, p, t1 in zip(c["ratios"], row["prob"], row["top1"]):
+                w.writerow([name, r, a.model.keep_count(r), f"{p:.6f}", t1,
+                            "" if row["flip"] is None else row["flip"]])
+    files += [d / "curve.json", d / "curve.csv"]
+    return [str(p) for p in files]
+
+
+# -- models and predictors ------------------------------------------------------------------------
+def load_model(choice: str, arch: str = "", path: str = "", *, session: str | None = None,
+               progress: Progress = None) -> tuple[str, str | None, str]:
+    """Switch the session's model. Returns (status markdown, labels text or None when unchanged,
+    the selector value to show). A failed load keeps the current model and says why."""
+    sess = get_session(session)
+    report = _progress_fn(progress)
+    if choice not in engine.MODEL_CHOICES:
+        return (f"**Unknown model** {choice!r}; choose one of {', '.join(engine.MODEL_CHOICES)}. "
+                "The current model is kept.", None, sess.model_key)
+    report(0.05, f"loading {choice}")
+    t = time.perf_counter()
+    try:
+        key, m = engine.REGISTRY.load(choice, arch, path)
+    except (PatchRankError, OSError, RuntimeError, ValueError) as e:
+        prev = sess.model_key
+        return (f"**Could not load {choice}**: {e}  \nThe current model "
+                f"(`{prev}`) is kept.", None, prev if prev in engine.MODEL_CHOICES else "local")
+    dt = time.perf_counter() - t
+    report(1.0, "loaded")
+    sess.model_key = key
+    sess.analysis = None
+    pred, why = _predictor_for(sess, m)
+    msg = f"**Loaded** {engine.describe(m)} ({dt:.1f} s)."
+    if pred is None:
+        msg += (f"  \n**No predictor for this model**: {why}."
+                + ("" if "train-predictor" in why else f" {TRAIN_HINT}"))
+    return msg, ", ".join(engine.labels_for(m)), choice
+
+
+#: Above this many GFLOPs on a CPU the golden search defaults to its fast approximate mode.
+FAST_GOLDEN_GFLOPS = 2.0
+
+
+def default_golden_mode(session: str | None = None) -> str:
+    """"exact" for small models (the bundled one), "fast" for large ones on a CPU."""
+    _, m = _model_for(get_session(session))
+    big = float(pr.flops(m)) > FAST_GOLDEN_GFLOPS and m.device.type == "cpu"
+    return "fast" if big else "exact"
+
+
+def upload_predictor(file: Any, *, session: str | None = None) -> str:
+    """Use an uploaded predictor file for the session's current model; refuses a file made for
+    another model. Returns a status message (markdown)."""
+    sess = get_session(session)
+    try:
+        path = file_path(file, "predictor file")
+    except InputError as e:
+        raise _fail(e) from None
+    _, m = _model_for(sess)
+    name = Path(getattr(file, "orig_name", None) or path.name).name
+    try:
+        info = engine.load_uploaded_predictor(m, str(path), name)
+    except engine.EngineMissing as e:
+        raise _fail(e) from None
+    except PatchRankError as e:
+        raise gr.Error(f"This predictor file can't be used with {m.name}: {e}", print_exception=False) from None
+    except Exception as e:  # safetensors/JSON errors for files that are not predictors at all
+        raise gr.Error(f"This file is not a PatchRank predictor ({type(e).__name__}: {e}).",
+                       print_exception=False) from None
+    while len(sess.predictors) >= MAX_PREDICTORS_PER_SESSION:
+        sess.predictors.pop(next(iter(sess.predictors)))
+    sess.predictors[m.model_id] = info
+    sess.analysis = None
+    return (f"**Predictor loaded** from `{name}` for {m.name}. Analyse an image to use it "
+            "(it replaces the bundled predictor in this session only).")
+
+
+# -- trade-off tab --------------------------------------------------------------------------------
+def tradeoff(folder: str | Path | None = None) -> tuple:
+    """(accuracy-vs-GFLOPs figure, accuracy-vs-latency figure, markdown) from precomputed results."""
+    res = plots.read_results(folder or plots.RESULTS_DIR)
+    if not res.rows:
+        msg = ("Trade-off results are not computed yet: no rows in `assets/results/*.json`. They "
+               "come from `python -m patchrank sweep` (see the README).")
+        if res.problems:
+            msg += "  \n" + "  \n".join(res.problems)
+        return plots.empty_figure("not computed yet"), plots.empty_figure("not computed yet"), msg
+    has_lat = any(r["latency_ms"] is not None for r in res.rows)
+    md = f"From {', '.join(res.sources)}: {len(res.rows)} points."
+    if res.problems:
+        md += "  \n" + "  \n".join(res.problems)
+    return (plots.tradeoff_figure(res.rows, "gflops"),
+            plots.tradeoff_figure(res.rows, "latency_ms") if has_lat else plots.empty_figure("no latency measured"),
+            md)
+
+
+def sweep_dataset(spec: str, limit: Any = 200, include_golden: bool = False, *,
+                  session: str | None = None, progress: Progress = None) -> tuple:
+    """Run the engine's trade-off sweep on a labelled dataset (a folder with one subfolder per
+    class, or ``bundled-eval:N``) with the session's model; same outputs as ``tradeoff``."""
+    spec = (spec or "").strip()
+    if not spec:
+        raise gr.Error("Give a dataset: a folder with one subfolder per class, or bundled-eval:200.",
+                       print_exception=False)
+    if engine.ON_SPACES and not spec.startswith("bundled-eval") and not os.environ.get("PATCHRANK_ALLOW_LOCAL"):
+        raise gr.Error("On Spaces only the bundled evaluation split can be swept (bundled-eval:N).",
+                       print_exception=False)
+    try:
+        n = int(limit)
+    except (TypeError, ValueError):
+        raise gr.Error(f"The image limit must be a whole number, got {limit!r}.", print_exception=False) from None
+    if not 1 <= n <= MAX_SWEEP_IMAGES:
+        raise gr.Error(f"The image limit must be between 1 and {MAX_SWEEP_IMAGES}, got {n}.",
+                       print_exception=False)
+    sess = get_session(session)
+    _, m = _model_for(sess)
+    pred, _ = _predictor_for(sess, m)
+    report = _progress_fn(progress)
+    report(None, f"sweeping {spec} ({n} images at most)")
+    try:
+        res = engine.run_sweep(m, spec, limit=n, include_golden=bool(include_golden),
+                               predictor=pred.predictor if pred else None)
+    except engine.EngineMissing as e:
+        raise _fail(e) from None
+    except (PatchRankError, OSError) as e:
+        raise gr.Error(f"The sweep could not run: {e}", print_exception=False) from None
+    rows = [r for r in map(plots._clean_row, res.get("rows", [])) if r is not None]
+    meta = res.get("meta", {})
+    skipped = meta.get("skipped") or {}
+    md = (f"Swept `{spec}` on {m.name}: {meta.get('n_images', '?')} images, {len(rows)} points "
+          f"(computed now, not saved).")
+    if skipped:
+        md += "  \nSkipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
+    has_lat = any(r["latency_ms"] is not None for r in rows)
+    return (plots.tradeoff_figure(rows, "gflops"),
+            plots.tradeoff_figure(rows, "latency_ms") if has_lat else plots.empty_figure("no latency measured"),
+            md)
+
+
+MAX_SWEEP_IMAGES = 2000
+
+
+# -- examples -------------------------------------------------------------------------------------
+_EXAMPLES_LOCK = threading.Lock()
+
+
+def example_files(scenes: int = 6) -> list[str]:
+    """Example images: one bundled evaluation scene per class (written to the app's temporary
+    folder on first use) followed by the real photos in assets/examples."""
+    out: list[str] = []
+    with _EXAMPLES_LOCK:
+        try:
+            src = ASSETS / "bundled" / "eval.npz"
+            d = app_tmp() / f"examples-{src.stat().st_size}-{int(src.stat().st_mtime)}"
+            ds = pr.bundled_eval(limit=200)
+            d.mkdir(parents=True, exist_ok=True)
+            seen = set()
+            for img, lab in zip(ds.images, ds.labels):
+                if int(lab) in seen:
+                    continue
+                seen.add(int(lab))
+                name = ds.classnames[int(lab)].replace(" ", "-")
+                path = d / f"scene-{len(seen):02d}-{name}.png"
+                if not path.exists():
+                    img.save(path)
+                out.append(str(path))
+                if len(seen) >= scenes:
+                    break
+        except (PatchRankError, OSError):
+            pass
+    out += sorted(str(p) for p in EXAMPLES_DIR.glob("*.jpg"))
+    return out

@@ -1,0 +1,99 @@
+"""The app served on 127.0.0.1 and driven through its named API with gradio_client."""
+import json
+from pathlib import Path
+
+from tests import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
+import numpy as np
+import pytest
+from gradio_client import Client, handle_file
+from PIL import Image
+
+LABELS = "top, sandal, bag, sneaker"
+ENDPOINTS = {"/analyze", "/threshold", "/prune", "/curve", "/export", "/views", "/load_model",
+             "/upload_predictor", "/tradeoff"}
+
+
+def _repo_files() -> set:
+    return {p.name for p in S.REPO.iterdir()} | {f"app/{p.name}" for p in (S.REPO / "app").iterdir()}
+
+
+BEFORE: set = set()
+
+
+@pytest.fixture(scope="module")
+def client(tmp_path_factory):
+    BEFORE.update(_repo_files())
+    with S.running_app(golden_mode="fast") as url:
+        yield Client(url, verbose=False, analytics_enabled=False,
+                     download_files=str(tmp_path_factory.mktemp("downloads")))
+
+
+def test_named_endpoints(client):
+    api = client.view_api(return_format="dict", print_info=False)
+    assert ENDPOINTS <= set(api["named_endpoints"])
+    params = [p["parameter_name"] for p in api["named_endpoints"]["/analyze"]["parameters"]]
+    assert params == ["image", "golden_mode", "ratio", "left", "right"]
+
+
+def test_upload_slider_release_export(client):
+    heat_l, heat_r, mask_l, mask_r, agree, status = client.predict(
+        handle_file(str(S.EXAMPLE)), "fast", 0.5, "golden", "attention", api_name="/analyze")
+    for f in (heat_l, heat_r, mask_l, mask_r):
+        assert Image.open(f).width >= 14 * 16
+    assert "98 of 196" in agree and "bundled" in status
+
+    lo = client.predict(0.2, "golden", "attention", api_name="/threshold")
+    hi = client.predict(0.9, "golden", "attention", api_name="/threshold")
+    assert "39 of 196" in lo[2] and "176 of 196" in hi[2]
+    def brightness(f):
+        return np.asarray(Image.open(f).convert("L"), dtype=float).mean()
+    assert brightness(lo[0]) < brightness(hi[0])          # fewer patches kept: more dimmed
+
+    full, left, right, cost = client.predict(0.3, "golden", "attention", LABELS, api_name="/prune")
+    assert {c["label"] for c in full["confidences"]} <= set(LABELS.split(", "))
+    assert len(left["confidences"]) == 4 and "GFLOPs" in cost and "Latency" in cost
+
+    fig, md = client.predict(LABELS, api_name="/curve")
+    assert fig["type"] == "plotly" and "golden" in json.loads(fig["plot"])["data"][0]["name"]
+
+    files = client.predict(0.3, "golden", "attention", LABELS, api_name="/export")
+    names = {Path(f).name for f in files}
+    assert {"rankings.json", "rankings.csv", "curve.json", "curve.csv"} <= names
+    data = json.loads(Path(next(f for f in files if f.endswith("rankings.json"))).read_text())
+    assert data["keep_count"] == 59 and len(data["orders"]["attention"]) == 196
+
+
+def test_bad_inputs_keep_server_serving(client, tmp_path):
+    odd = S.odd_images(tmp_path / "odd")
+    for name in ("not_image", "bomb", "tiny_1x1", "truncated"):
+        with pytest.raises(Exception) as e:
+            client.predict(handle_file(str(odd[name])), "fast", 0.5, "golden", "norm", api_name="/analyze")
+        assert "image" in str(e.value).lower(), (name, str(e.value))
+    with pytest.raises(Exception, match="maximum"):
+        client.predict(3.0, "golden", "norm", api_name="/threshold")
+    with pytest.raises(Exception, match="choices"):
+        client.predict(0.5, "oracle", "norm", api_name="/threshold")
+    with pytest.raises(Exception, match="at most"):
+        client.predict(0.5, "golden", "norm", ",".join(f"c{i}" for i in range(500)), api_name="/prune")
+    # odd but valid files are converted and analysed
+    out = client.predict(handle_file(str(odd["cmyk"])), "fast", 0.5, "golden", "norm", api_name="/analyze")
+    assert "CMYK" in out[5]
+    # and the server still answers
+    assert "of 196" in client.predict(0.4, "golden", "norm", api_name="/threshold")[2]
+
+
+def test_model_switch_failure_is_a_message(client):
+    msg, labels, value, _golden_mode = client.predict("ViT-B-32/openai", "", "", api_name="/load_model")
+    assert "Could not load" in msg and value == "bundled"
+
+
+def test_tradeoff_endpoint(client):
+    g, lat, md = client.predict(api_name="/tradeoff")
+    assert g["type"] == "plotly" and md
+
+
+def test_nothing_written_into_the_repository(client):
+    """Serving, uploads and exports (the tests above) wrote nothing into the repository: no
+    .gradio/ or flagged/ folder, no .pyi stubs (gradio writes those for component subclasses)."""
+    new = {f for f in _repo_files() - BEFORE if not f.endswith("__pycache__")}
+    assert not new, new
