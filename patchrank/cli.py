@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--data", default=None, help="dataset spec of the rankings (default: the one "
                     "recorded in the ranking folder)")
     tp.add_argument("--out", required=True, help="predictor file (.safetensors)")
-    tp.add_argument("--loss", default="kl", choices=["kl", "margin", "listwise"])
+    tp.add_argument("--loss", default="listwise", choices=["kl", "margin", "listwise"])
     tp.add_argument("--keep-ratio", type=float, default=0.6, help="kept set of the kl target")
     tp.add_argument("--epochs", type=int, default=50)
     tp.add_argument("--batch", type=int, default=64)

@@ -323,7 +323,7 @@ def _check_orders(orders: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def train_on_features(predictor: Predictor, feats: torch.Tensor, orders: torch.Tensor, *,
-                      loss: str = "kl", keep_ratio: float = 0.6, epochs: int = 50, batch: int = 64,
+                      loss: str = "listwise", keep_ratio: float = 0.6, epochs: int = 50, batch: int = 64,
                       lr: float = 1e-3, wd: float = 1e-4, cosine: bool = True,
                       val_fraction: float = 0.1, patience: int | None = 10, seed: int = 0,
                       progress=None, loss_kwargs: dict | None = None,
@@ -427,7 +427,7 @@ def _train(predictor, feats, orders, loss, keep_ratio, epochs, batch, lr, wd, co
                        time.perf_counter() - t0)
 
 
-def train_predictor(m, dataset, rankings, *, loss: str = "kl", keep_ratio: float = 0.6,
+def train_predictor(m, dataset, rankings, *, loss: str = "listwise", keep_ratio: float = 0.6,
                     epochs: int = 50, batch: int = 64, lr: float = 1e-3, wd: float = 1e-4,
                     cosine: bool = True, val_fraction: float = 0.1, patience: int | None = 10,
                     seed: int = 0, progress=None, predictor: Predictor | None = None,

@@ -101,7 +101,8 @@ def test_text_context_from_words_reproduces_the_prompt_exactly(bundled):
     with torch.no_grad():
         got = T.encode_prompts(m.clip, t.prompt_ids(m, names), t.text_ctx)
     assert torch.equal(got, ref)
-    assert torch.equal(t.zero_shot(m, names).text, m.zero_shot(names).text)
+    # the classifier normalises/averages in another order than the cached one: equal to 1e-6
+    assert torch.allclose(t.zero_shot(m, names).text, m.zero_shot(names).text, atol=1e-6, rtol=0)
     # the context is really used: other vectors give other class embeddings
     r = T.LearnableTokens.for_model(m, 0, text_ctx=4, ctx_init=None)
     assert not torch.allclose(r.zero_shot(m, names).text, m.zero_shot(names).text, atol=1e-3)

@@ -1,0 +1,26 @@
+"""The bundled model's card numbers hold on the shipped evaluation split (CI does not retrain)."""
+import json
+from pathlib import Path
+
+import pytest
+
+from patchrank.bundled import BUNDLED_DIR, evaluate_bundled
+
+SHIPPED = json.loads((Path(BUNDLED_DIR) / "eval_metrics.json").read_text())
+
+
+@pytest.fixture(scope="module")
+def measured(bundled, eval_split):
+    return evaluate_bundled(bundled, eval_split)
+
+
+def test_numbers_match_the_model_card(measured):
+    for key in ("top1", "remove_target", "remove_random", "keep_only_target"):
+        assert measured[key] == pytest.approx(SHIPPED[key], abs=1.0), key
+
+
+def test_model_looks_at_the_object(measured):
+    """Issue bars that the shipped model meets (top-1 >= 85 % is not met yet: see MODEL_CARD)."""
+    assert measured["remove_random"] - measured["remove_target"] >= 40
+    assert measured["keep_only_target"] >= 75
+    assert measured["top1"] >= 75
