@@ -215,7 +215,8 @@ def test_cells_odd_grid():
 def test_registered_ranker_and_lower_precision():
     m, x = _model(4, torch.float32)
     assert "golden" in rankers.available()
-    want = golden_ranking(m, x).order
+    from patchrank.golden import DEFAULT_SETTINGS
+    want = golden_ranking(m, x, **DEFAULT_SETTINGS).order   # the registered default variant
     assert torch.equal(m.rank(x, "golden"), want)
     emb = m.encode_image(x, keep_ratio=0.5, ranker="golden")
     assert torch.allclose(emb, m.encode_image(x, keep=want[:, :8].sort(1).values), atol=1e-6)
