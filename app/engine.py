@@ -41,7 +41,7 @@ DEFAULT_REAL_LABELS = (
 )
 #: Rankers the app knows how to name; any other registered ranker is listed too.
 BUILTIN_ORDERED = ("golden", "predictor", "attention", "norm", "random", "tome")
-GOLDEN_MODES = {"exact": "exact greedy search",
+GOLDEN_MODES = {"exact": "exact leave-one-out search",
                 "fast": "fast approximate (2x2 cells)"}
 
 
