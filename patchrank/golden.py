@@ -11,8 +11,8 @@ repeat on the reduced set. Scores (higher = removal hurts less = removed earlier
 - ``max``: max_c p(c | X minus R), the top-class probability of *each* variant.
 
 The prefix (blocks < k) runs once per image (``forward.run_prefix``); every variant is a gather
-of it run through ``forward.run_suffix`` in chunks sized by a memory budget. Nothing here loops
-over resblocks: the model maths is ``patchrank.forward``'s.
+of it run through ``forward.run_suffix`` in chunks sized by a memory budget. Nothing here steps
+through the transformer blocks itself: the model maths is ``patchrank.forward``'s.
 
 Modes: ``greedy`` (the above), ``oneshot`` (a single LOO round, ordered by its scores: the
 variant that kept 99 % of the object in prototype 2), ``c2f`` (coarse-to-fine, ours). Prototype 2
