@@ -143,32 +143,18 @@ class Predictor(nn.Module):
                 **{k: v for k, v in self.meta.items() if k not in ("format", "version", "arch")}}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """safetensors weights; the JSON header (settings, model id, metrics) rides in the
-        file's metadata so weights and settings cannot drift apart."""
-        from safetensors.torch import save_file
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(sd, str(tmp), metadata={"patchrank": json.dumps(self.header())})
-        os.replace(tmp, path)
-        return path
+        """safetensors weights with the JSON header in the file's metadata."""
+        from .checkpoints import save_with_header
+        return save_with_header(self, path, self.header())
 
     def extra_repr(self) -> str:
         return f"model_id={self.model_id!r}, prune_layer={self.prune_layer}, params={self.num_params()}"
 
 
 def read_header(path: str | os.PathLike) -> dict:
-    """The JSON header of a predictor file, without loading its weights."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        md = f.metadata() or {}
-    if "patchrank" not in md:
-        raise PatchRankError(f"{path} is not a PatchRank predictor file (no 'patchrank' metadata)")
-    head = json.loads(md["patchrank"])
-    if head.get("format") != FORMAT:
-        raise PatchRankError(f"{path} holds {head.get('format')!r}, not a {FORMAT}")
-    return head
+    """The JSON header of a predictor file, without loading its tensors."""
+    from .checkpoints import read_header as _read
+    return _read(path, FORMAT, "predictor")
 
 
 def load_predictor(path: str | os.PathLike | None = None, model=None) -> Predictor:

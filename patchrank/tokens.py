@@ -282,15 +282,9 @@ class LearnableTokens(nn.Module):
                 **{k: v for k, v in self.meta.items() if k not in _HEADER_KEYS}}
 
     def save(self, path: str | os.PathLike) -> Path:
-        """safetensors tensors (``visual``, ``text_ctx``) with the JSON header in the metadata."""
-        from safetensors.torch import save_file
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        sd = {k: v.detach().float().cpu().contiguous() for k, v in self.state_dict().items()}
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(sd, str(tmp), metadata={"patchrank": json.dumps(self.header())})
-        os.replace(tmp, path)
-        return path
+        """safetensors weights with the JSON header in the file's metadata."""
+        from .checkpoints import save_with_header
+        return save_with_header(self, path, self.header())
 
     def extra_repr(self) -> str:
         return (f"model_id={self.model_id!r}, prune_layer={self.prune_layer}, "
@@ -303,13 +297,8 @@ _HEADER_KEYS = ("format", "version", "model_id", "prune_layer", "width", "num_vi
 
 def read_header(path: str | os.PathLike) -> dict:
     """The JSON header of a tokens file, without loading its tensors."""
-    from safetensors import safe_open
-    with safe_open(str(path), framework="pt") as f:
-        md = f.metadata() or {}
-    head = json.loads(md.get("patchrank", "{}"))
-    if head.get("format") != FORMAT:
-        raise PatchRankError(f"{path} is not a PatchRank tokens file")
-    return head
+    from .checkpoints import read_header as _read
+    return _read(path, FORMAT, "tokens")
 
 
 def load_tokens(path: str | os.PathLike | None = None, model=None) -> LearnableTokens:
