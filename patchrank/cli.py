@@ -11,7 +11,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 def _cmd_train_clip(a) -> int:
     from .train_clip import train
-    entry = train(a.out, steps=a.steps, seed=a.seed, threads=a.threads)
+    entry = train(a.out, steps=a.steps, seed=a.seed, threads=a.threads,
+                  **({"config_path": a.config} if a.config else {}))
     print(json.dumps(entry))
     if a.export:
         from .bundled import export_bundled
@@ -46,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     t = sub.add_parser("train-clip", help="train the bundled CLIP on generated scenes (resumable)")
     t.add_argument("--out", required=True, help="run folder (checkpoint; rerun to resume)")
-    t.add_argument("--steps", type=int, default=None, help="override the config's step count")
+    t.add_argument("--steps", type=int, default=None,
+                   help="stop after this many steps (the schedule stays the config's; rerun to go on)")
+    t.add_argument("--config", default=None, help="model + schedule config (default: the bundled one)")
     t.add_argument("--seed", type=int, default=None)
     t.add_argument("--threads", type=int, default=2)
     t.add_argument("--export", default=None, help="after training, write the shipped model here")

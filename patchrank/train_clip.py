@@ -85,12 +85,50 @@ def used_token_ids(tokenizer) -> torch.Tensor:
     return torch.unique(tokenizer(prompts))
 
 
+def schedule(cfg: dict) -> list[dict]:
+    """The learning-rate cycles of a train config, oldest format included.
+
+    A config either names one cycle (``steps``, ``lr``, ``warmup``) or a list ``cycles`` of them:
+    each cycle warms up linearly to its peak and decays by a cosine to ``lr_floor`` (SGDR-style
+    warm restarts, Loshchilov & Hutter 2017). Appending a cycle leaves the schedule of every earlier
+    step unchanged, so a finished run's checkpoint resumes into the longer schedule exactly where a
+    fresh run of it would be."""
+    if "cycles" in cfg:
+        return [dict(c) for c in cfg["cycles"]]
+    return [{"steps": cfg["steps"], "lr": cfg["lr"], "warmup": cfg["warmup"]}]
+
+
+def total_steps(cfg: dict) -> int:
+    return sum(c["steps"] for c in schedule(cfg))
+
+
 def _lr(step: int, cfg: dict) -> float:
-    warm, total, peak, floor = cfg["warmup"], cfg["steps"], cfg["lr"], cfg["lr_floor"]
-    if step < warm:
-        return peak * (step + 1) / warm
-    t = (step - warm) / max(1, total - warm)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(t, 1.0)))
+    floor = cfg["lr_floor"]
+    for c in schedule(cfg):
+        if step < c["steps"]:
+            warm, total, peak = c["warmup"], c["steps"], c["lr"]
+            if step < warm:
+                return peak * (step + 1) / warm
+            t = (step - warm) / max(1, total - warm)
+            return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(t, 1.0)))
+        step -= c["steps"]
+    return floor
+
+
+def resumable(saved: dict, cfg: dict, step: int) -> bool:
+    """Whether a checkpoint at ``step`` made with ``saved`` settings continues under ``cfg``:
+    every setting but the schedule equal, and the schedule identical for all steps before it."""
+    rest = lambda d: {k: v for k, v in d.items() if k not in ("cycles", "steps", "lr", "warmup")}
+    if rest(saved) != rest(cfg):
+        return False
+    done, new = 0, schedule(cfg)
+    for i, c in enumerate(schedule(saved)):
+        if done >= step:
+            break
+        if i >= len(new) or new[i] != c:
+            return False
+        done += c["steps"]
+    return True
 
 
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
@@ -133,8 +171,6 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     torch.set_num_threads(threads)
     cfg = load_config(config_path)
     tcfg = dict(cfg["train"])
-    if steps is not None:
-        tcfg["steps"] = steps
     if seed is not None:
         tcfg["seed"] = seed
     out = Path(out_dir)
@@ -155,11 +191,11 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     no_decay = [p for n, p in master.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tcfg["lr"], betas=(0.9, 0.98), eps=1e-6)
+                            lr=_lr(0, tcfg), betas=(0.9, 0.98), eps=1e-6)
     start, log, elapsed0 = 0, [], 0.0
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
-        if state["train_cfg"] != tcfg or state["model_cfg"] != compact_cfg:
+        if not resumable(state["train_cfg"], tcfg, state["step"]) or state["model_cfg"] != compact_cfg:
             raise SystemExit(f"{ckpt_path} was made with other settings ({state['train_cfg']}); "
                              "use another --out or delete it")
         master.load_state_dict(state["model"])
@@ -173,10 +209,14 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     test_x = np.stack([s.image for s in test])
     test_y = np.array([s.label for s in test])
 
-    data = _Batches(tcfg["seed"], tcfg["batch"], tcfg["steps"], start, table)
+    end = total_steps(tcfg) if steps is None else min(steps, total_steps(tcfg))
+    if start >= end:
+        print(f"{ckpt_path} is already at step {start}", file=sys.stderr)
+        return log[-1] if log else {}
+    data = _Batches(tcfg["seed"], tcfg["batch"], end, start, table)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4,
                                          persistent_workers=False)
-    bar = tqdm(total=tcfg["steps"], initial=start, disable=not progress, file=sys.stderr,
+    bar = tqdm(total=end, initial=start, disable=not progress, file=sys.stderr,
                desc="train-clip", dynamic_ncols=True)
     t0, losses = time.time(), []
     entry = log[-1] if log else {}
@@ -199,14 +239,14 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
         bar.update(1)
         bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.1e}",
                         acc=entry.get("acc", float("nan")))
-        if done % eval_every == 0 or done == tcfg["steps"]:
+        if done % eval_every == 0 or done == end:
             work.eval()
             acc = zero_shot_accuracy(work, lambda p: remap[tokenizer(p)], test_x, test_y)
             entry = {"step": done, "loss": float(np.mean(losses[-50:])), "acc": acc, "lr": lr,
                      "seconds": round(elapsed0 + time.time() - t0, 1)}
             log.append(entry)
             print(json.dumps(entry), file=sys.stderr)
-        if done % ckpt_every == 0 or done == tcfg["steps"]:
+        if done % ckpt_every == 0 or done == end:
             _save_atomic({"model": master.state_dict(), "opt": opt.state_dict(), "step": done,
                           "train_cfg": tcfg, "model_cfg": compact_cfg, "log": json.dumps(log),
                           "used_token_ids": used, "full_model_cfg": json.dumps(cfg["model_cfg"]),
