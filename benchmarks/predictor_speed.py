@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
                 sync()
                 times[name].append(clock() - t)
 
-    full_gf, kept_gf = float(m.flops()), float(m.flops(keep=k))
+    full_gf, kept_gf = m.flops().executed, m.flops(keep=k).executed
     ratio = kept_gf / full_gf
     med = {n: statistics.median(v) for n, v in times.items()}
     low = {n: min(v) for n, v in times.items()}

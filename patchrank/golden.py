@@ -165,8 +165,8 @@ class _Scorer:
     def suffix_gflops(self, n_keep: int) -> float:
         g = self.flop_cache.get(n_keep)
         if g is None:
-            f = self.m.flops(keep=n_keep)
-            g = sum(f.blocks[self.k:]) + f.projection
+            f = self.m.flops(keep=n_keep)     # executed work: see flops.py
+            g = f.executed - sum(f.blocks[:self.k]) - f.patch_embed
             self.flop_cache[n_keep] = g
         return g
 

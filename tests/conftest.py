@@ -31,7 +31,7 @@ def eval_batch(bundled, eval_split):
     return x, torch.as_tensor(eval_split.labels[:16])
 
 
-def tiny_vit(prune_layer=None, layers=4, width=64, grid=4, patch=8, seed=0):
+def tiny_vit(prune_layer=None, layers=4, width=64, grid=4, patch=8, seed=0, pool_type="tok"):
     """A random-init open_clip CLIP with a tiny ViT tower (fast brute-force references)."""
     import open_clip
     from patchrank.models import PatchModel
@@ -39,7 +39,7 @@ def tiny_vit(prune_layer=None, layers=4, width=64, grid=4, patch=8, seed=0):
     clip = open_clip.model.CLIP(
         embed_dim=32,
         vision_cfg={"image_size": grid * patch, "patch_size": patch, "width": width,
-                    "layers": layers, "head_width": 32},
+                    "layers": layers, "head_width": 32, "pool_type": pool_type},
         text_cfg={"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1})
     pre = open_clip.image_transform(grid * patch, is_train=False)
     tok = open_clip.tokenizer.SimpleTokenizer(context_length=16)

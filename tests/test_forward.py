@@ -63,6 +63,21 @@ def test_pruned_equals_reference_loop(tiny, k):
     assert torch.allclose(got, ref, atol=1e-5, rtol=0)
 
 
+@pytest.mark.parametrize("pool", ["tok", "avg"])
+def test_last_block_runs_for_cls_only_when_only_cls_is_pooled(pool):
+    """The CLS-only final block (``forward.cls_block``) is taken exactly when it is exact."""
+    from tests.conftest import tiny_vit
+    m = tiny_vit(prune_layer=2, pool_type=pool)
+    assert forward.pools_cls_only(m.visual) == (pool == "tok")
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, *m.image_size)
+    keep = torch.stack([torch.randperm(m.num_patches)[:9] for _ in range(2)])
+    with torch.inference_mode():
+        assert torch.allclose(m.encode_image(x, keep=keep), _reference_pruned(m.clip, x, 2, keep),
+                              atol=1e-5, rtol=0)
+        assert torch.allclose(m.encode_image(x), m.clip.encode_image(x), atol=1e-5, rtol=0)
+
+
 def test_pruned_differs_from_full(tiny):
     x = torch.randn(1, 3, *tiny.image_size)
     with torch.inference_mode():
