@@ -66,11 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--pretrained", default=None)
     g.add_argument("--data", required=True, help="bundled-eval, bundled-train:N or an image folder")
     g.add_argument("--out", required=True, help="ranking folder (rerun to resume)")
-    g.add_argument("--score", default="similarity", choices=["similarity", "label", "max"])
-    g.add_argument("--step", type=int, default=10, help="candidates dropped per round")
-    g.add_argument("--block", type=int, default=1, help="1 = patches, 2 = 2x2 cells")
+    from .golden import DEFAULT_SETTINGS as GOLD   # the project's "golden" (README: which and why)
+    g.add_argument("--score", default=GOLD["score"], choices=["similarity", "label", "max"])
+    g.add_argument("--step", type=int, default=GOLD["step"], help="candidates dropped per round")
+    g.add_argument("--block", type=int, default=GOLD["block"], help="1 = patches, 2 = 2x2 cells")
     g.add_argument("--stop-at", type=float, default=None, help="keep ratio to stop at (default: full order)")
-    g.add_argument("--mode", default="greedy", choices=["greedy", "oneshot", "c2f"])
+    g.add_argument("--mode", default=GOLD["mode"], choices=["greedy", "oneshot", "c2f"],
+                   help=f"search (default {GOLD['mode']!r}, the sweeps' and app's golden)")
+    g.add_argument("--classnames", default=None,
+                   help="file with one class name per line (scores 'label'/'max'; overrides the "
+                        "dataset's names, e.g. for an unlabelled folder with --score max)")
     g.add_argument("--lazy", action="store_true", help="lazy re-scoring (greedy)")
     g.add_argument("--prune-layer", type=int, default=None)
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])

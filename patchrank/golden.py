@@ -520,6 +520,20 @@ def _dist():
     return None
 
 
+def read_classnames_file(path: str, current: Sequence[str] | None) -> tuple[str, ...]:
+    """Class names from a file (one per line); as many as the dataset's classes when it has any."""
+    from pathlib import Path
+
+    from .data.datasets import _read_classnames
+    names = _read_classnames(Path(path))
+    if names is None:
+        raise PatchRankError(f"--classnames {path}: no such file")
+    if current and len(names) != len(current):
+        raise PatchRankError(f"--classnames {path} lists {len(names)} names but the dataset has "
+                             f"{len(current)} classes")
+    return tuple(names)
+
+
 def cli_main(a) -> int:
     """``python -m patchrank golden`` (arguments in cli.py); torchrun-aware."""
     import json
@@ -542,6 +556,8 @@ def cli_main(a) -> int:
     try:
         dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.dtype]
         ds = open_dataset(a.data, a.limit)            # fail fast on a bad --data
+        if getattr(a, "classnames", None):
+            ds.classnames = read_classnames_file(a.classnames, ds.classnames)
         m = load_model(a.model, a.pretrained, prune_layer=a.prune_layer, device=device)
         summary = rank_dataset(m, ds, a.out, score=a.score, step=a.step, block=a.block,
                                stop_at=a.stop_at, mode=a.mode, lazy=a.lazy, dtype=dtype,

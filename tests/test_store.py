@@ -194,7 +194,7 @@ def test_bundled_specs():
 
 
 # -- the golden job end to end ----------------------------------------------------------------------
-ARGS = ["--data", "bundled-eval", "--limit", "4", "--prune-layer", "3", "--step", "10",
+ARGS = ["--data", "bundled-eval", "--limit", "4", "--prune-layer", "3", "--mode", "greedy", "--step", "10",
         "--stop-at", "0.95", "--no-progress"]
 
 
@@ -266,3 +266,40 @@ def test_torchrun_two_processes_equal_one(tmp_path, clean_run):
     assert summary["world_size"] == 2 and summary["computed"] == 4
     assert sorted(p.name for p in out.glob("shard-*")) == ["shard-00000.jsonl", "shard-00001.jsonl"]
     _same(out, clean_run)
+
+
+def test_torchrun_rank_failure_stops_every_process_with_the_file_named(tmp_path):
+    """One rank meets an unreadable image: the job ends (no rank left waiting at a collective)
+    with a non-zero exit and the file named."""
+    from patchrank.bundled import bundled_eval
+    for i, im in enumerate(bundled_eval(limit=4).images):
+        (tmp_path / "imgs" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        im.save(tmp_path / "imgs" / "ab"[i % 2] / f"{i}.png")
+    (tmp_path / "imgs" / "b" / "9_broken.png").write_bytes(b"not a png")
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    res = subprocess.run([torchrun, "--standalone", "--nproc_per_node=2", "-m", "patchrank", "golden",
+                          "--data", str(tmp_path / "imgs"), "--out", str(tmp_path / "out"),
+                          "--prune-layer", "3", "--no-progress"], env=_env(), capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode != 0
+    assert "9_broken.png: not an image" in res.stderr
+
+
+def test_golden_classnames_file(tmp_path, capsys):
+    """--classnames gives an unlabelled folder the names that score='max' needs; a file that
+    does not fit the dataset is refused before any search."""
+    from patchrank.bundled import bundled_eval
+    from patchrank.cli import main
+    (tmp_path / "flat").mkdir()
+    bundled_eval(limit=1).images[0].save(tmp_path / "flat" / "one.png")
+    names = tmp_path / "names.txt"
+    names.write_text("top\nsandal\nbag\n")
+    common = ["golden", "--prune-layer", "3", "--no-progress", "--score", "max"]
+    assert main([*common, "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "o1"),
+                 "--classnames", str(names)]) == 0
+    assert main([*common, "--data", "bundled-eval", "--limit", "1", "--out", str(tmp_path / "o2"),
+                 "--classnames", str(names)]) == 2
+    assert "lists 3 names but the dataset has 6 classes" in capsys.readouterr().err
+    assert main([*common, "--data", "bundled-eval", "--out", str(tmp_path / "o3"),
+                 "--classnames", str(tmp_path / "missing.txt")]) == 2
+    assert "no such file" in capsys.readouterr().err
