@@ -36,7 +36,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -156,6 +156,7 @@ class _Scorer:
         self.ref = None
         self.flop_cache: dict[int, float] = {}
         self.variants, self.gflops = 0, 0.0
+        self.on_chunk: Callable[[int], None] | None = None   # progress: variants just run
 
     def _ctx(self):
         if self.autocast:
@@ -176,6 +177,8 @@ class _Scorer:
         g, n_keep = keep.shape
         per = _variant_bytes(self.m.visual, 1 + n_keep, self.elt)
         chunk = max(1, int(self.budget // per))
+        if self.on_chunk is not None:      # reporting progress: at least ~8 chunks per round
+            chunk = min(chunk, max(8, -(-g // 8)))
         out = []
         with self._ctx():
             for i in range(0, g, chunk):
@@ -183,6 +186,8 @@ class _Scorer:
                 hv = forward.gather_patches(self.h.expand(len(ids), -1, -1), ids)
                 e = forward.run_suffix(self.m.visual, hv, self.k)
                 out.append(e if e.dtype == torch.float64 else e.float())
+                if self.on_chunk is not None:
+                    self.on_chunk(len(ids))
         self.variants += g
         self.gflops += g * self.suffix_gflops(n_keep)
         return torch.cat(out)
@@ -354,7 +359,8 @@ def golden_ranking(m, x: torch.Tensor, score: str = "similarity", labels=None, s
                    block: int = 1, stop_at: float | None = None,
                    batch_budget_mb: float = DEFAULT_BUDGET_MB, dtype: torch.dtype | None = None,
                    classnames: Sequence[str] | None = None, *, mode: str = "greedy",
-                   lazy: bool = False, templates=None, prefix: torch.Tensor | None = None) -> Ranking:
+                   lazy: bool = False, templates=None, prefix: torch.Tensor | None = None,
+                   progress: Callable[[float, str], None] | None = None) -> Ranking:
     """Golden ranking of a batch ``x`` [B,3,H,W] (module docstring for the algorithm).
 
     ``step``: candidates dropped per round (cells when ``block=2``; a round never goes below the
@@ -363,7 +369,8 @@ def golden_ranking(m, x: torch.Tensor, score: str = "similarity", labels=None, s
     ``dtype``: None computes in the model's dtype; e.g. ``torch.bfloat16`` runs the suffix under
     autocast (fast only with AMX / avx512_bf16). ``classnames``/``templates``: the zero-shot head
     for ``label``/``max`` (default ``m.classnames``). ``prefix``: tokens entering the prune layer
-    if already computed. Per-round chunks hold as many variants as ``batch_budget_mb`` allows."""
+    if already computed. Per-round chunks hold as many variants as ``batch_budget_mb`` allows.
+    ``progress(fraction, message)`` is called after every chunk of variants (the app's bar)."""
     if score == "label" and labels is None:
         raise PatchRankError("score='label' needs labels (the true class of each image); "
                              "pass labels=..., or use score='similarity' or 'max' (label free)")
@@ -392,6 +399,9 @@ def golden_ranking(m, x: torch.Tensor, score: str = "similarity", labels=None, s
         for i in range(b):
             sc = _Scorer(m, h_all[i:i + 1], score, clf, None if y is None else int(y[i]),
                          batch_budget_mb, dtype)
+            if progress is not None:
+                sc.on_chunk = _progress_reporter(progress, i, b, _expected_variants(
+                    p, int(cell_of.max()) + 1, target, step, mode))
             base = sc.start()
             st = _ImageState(torch.ones(p, dtype=torch.bool),
                              removed_at=torch.zeros(p, dtype=torch.long))
@@ -421,6 +431,31 @@ def golden_ranking(m, x: torch.Tensor, score: str = "similarity", labels=None, s
                    rounds=torch.tensor([s.rounds for s in states]),
                    variants=torch.tensor([s.variants for s in states]),
                    gflops=torch.tensor([s.gflops for s in states], dtype=torch.float64))
+
+
+def _expected_variants(p: int, n_cells: int, target: int, step: int, mode: str) -> int:
+    """Variants a search will run for one image (exact for one-shot and plain greedy on patches;
+    an estimate with cells, lazy re-scoring or coarse-to-fine): the progress bar's total."""
+    per_cell = p / n_cells
+    if mode == "oneshot":
+        return n_cells
+    total, n = 0, p
+    while n > target:
+        total += max(1, round(n / per_cell))
+        n -= min(step * per_cell, n - target)
+    return max(1, int(total))
+
+
+def _progress_reporter(progress: Callable[[float, str], None], image: int, images: int,
+                       expected: int) -> Callable[[int], None]:
+    done = 0
+
+    def on_chunk(n: int) -> None:
+        nonlocal done
+        done += n
+        frac = (image + min(done / expected, 1.0)) / images
+        progress(min(frac, 0.999), f"golden ranking: image {image + 1}/{images}, {done} variants")
+    return on_chunk
 
 
 def _oneshot_image(sc: _Scorer, state: _ImageState, cell_of, target: int, log: list) -> None:

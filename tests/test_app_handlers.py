@@ -201,9 +201,13 @@ def test_real_golden_fast_mode(monkeypatch):
     """The actual golden engine, in the app's fast mode, on a small bundled scene."""
     H.ANALYSES.clear()
     ds = __import__("patchrank").bundled_eval(limit=1)
-    a = H.analyze(ds.images[0], "fast", session="test-golden")
+    calls = []
+    a = H.analyze(ds.images[0], "fast", session="test-golden",
+                  progress=lambda f, desc="": calls.append((f, desc)))
     assert sorted(a.orders["golden"].tolist()) == list(range(196))
     assert "golden" in a.seconds
+    fracs = [f for f, d in calls if f is not None and d.startswith("golden ranking: image")]
+    assert len(fracs) >= 4 and fracs == sorted(fracs)     # the bar moves during the search
 
 
 def test_predictor_missing_then_uploaded(monkeypatch, tmp_path, tiny):

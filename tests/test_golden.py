@@ -142,6 +142,17 @@ def test_ranking_invariants_and_chunking():
     assert torch.equal(r.keep(0.4), r.order[:, :10].sort(1).values)
 
 
+@pytest.mark.parametrize("mode, step", [("greedy", 2), ("oneshot", 10)])
+def test_progress_reports_rise_to_the_end_without_changing_the_order(mode, step):
+    m, x = _model(5)
+    seen = []
+    r = golden_ranking(m, x, mode=mode, step=step, progress=lambda f, msg: seen.append((f, msg)))
+    fracs = [f for f, _ in seen]
+    assert len(fracs) >= 8 and fracs == sorted(fracs) and 0 < fracs[0] and fracs[-1] > 0.95
+    assert all(f < 1 for f in fracs) and "image 2/2" in seen[-1][1]
+    assert torch.equal(r.order, golden_ranking(m, x, mode=mode, step=step).order)
+
+
 def test_oneshot_is_loo_order():
     m, x = _model(4)
     r = golden_ranking(m, x, mode="oneshot")
