@@ -13,7 +13,6 @@ Layout of ``DIR``:
 """
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import os
@@ -23,6 +22,7 @@ from typing import Iterator
 import torch
 
 from .errors import PatchRankError
+from .jsonl import AppendLog, read_records
 
 FORMAT = "patchrank-golden/1"
 META = "meta.json"
@@ -87,16 +87,8 @@ def prepare(out: str | os.PathLike, model_id: str, settings: dict, *, grid: tupl
 
 def _records(path: Path) -> Iterator[dict]:
     """Complete records of one shard; a trailing partial line (an interrupted write) is skipped."""
-    data = path.read_bytes()
-    lines = data.split(b"\n")
-    for no, line in enumerate(lines[:-1], 1):    # the last piece has no newline: partial or empty
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            raise PatchRankError(f"{path}, line {no}: damaged record (not a write interrupted at "
-                                 "the end); remove that line and rerun to recompute it") from None
+    for _, rec in read_records(path, "(not a write interrupted at the end) remove that line and "
+                                     "rerun to recompute it"):
         yield rec
 
 
@@ -110,48 +102,16 @@ class ShardWriter:
 
     def __init__(self, out: str | os.PathLike, rank: int = 0):
         self.path = Path(out) / f"shard-{rank:05d}.jsonl"
-        self._f = open(self.path, "ab+")
-        try:
-            fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self._f.close()
-            raise PatchRankError(f"{self.path} is being written by another process; wait for it or "
-                                 "use another --out folder") from None
-        self._repair_tail()
-
-    def _repair_tail(self) -> None:
-        """Drop a partial last line left by a killed writer, so appends start on a fresh line."""
-        f = self._f
-        size = f.seek(0, os.SEEK_END)
-        if size == 0:
-            return
-        pos, keep = size, 0
-        while pos > 0:
-            step = min(65536, pos)
-            pos -= step
-            f.seek(pos)
-            chunk = f.read(step)
-            nl = chunk.rfind(b"\n")
-            if nl >= 0:
-                keep = pos + nl + 1
-                break
-        if keep != size:
-            f.truncate(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        f.seek(0, os.SEEK_END)
+        self._log = AppendLog(self.path, lock=True)
 
     def append(self, image_id: str, order: torch.Tensor, removed_at: torch.Tensor | None = None) -> None:
         rec = {"id": image_id, "order": [int(v) for v in order.tolist()]}
         if removed_at is not None:
             rec["removed_at"] = [int(v) for v in removed_at.tolist()]
-        self._f.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._log.write(rec)
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        self._log.close()
 
     def __enter__(self) -> "ShardWriter":
         return self

@@ -68,6 +68,7 @@ import numpy as np
 import torch
 
 from . import forward, rankers
+from .jsonl import AppendLog, read_records
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
 FORMAT = "patchrank-sweep/1"
@@ -341,22 +342,13 @@ class CellStore:
         new = not self.path.exists() or self.path.stat().st_size == 0
         if not new:
             self._read()
-        self._f = open(self.path, "ab+")
-        self._repair_tail()
+        self._log = AppendLog(self.path)
         if new:
             self._write({"type": "header", "format": CELLS_FORMAT, "settings_hash": self.hash,
                          "settings": settings})
 
     def _read(self) -> None:
-        lines = self.path.read_bytes().split(b"\n")
-        for no, line in enumerate(lines[:-1], 1):       # last piece: partial or empty
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise PatchRankError(f"{self.path}, line {no}: damaged record; delete the file (or "
-                                     "rerun with --fresh) to start over") from None
+        for no, rec in read_records(self.path, "delete the file (or rerun with --fresh) to start over"):
             kind = rec.get("type")
             if no == 1 and kind != "header":
                 raise PatchRankError(f"{self.path} is not a sweep cell file; use another --out")
@@ -375,19 +367,8 @@ class CellStore:
                 self.seconds[rec["method"]] = self.seconds.get(rec["method"], 0.0) + rec.get("seconds", 0.0)
                 self.cpu[rec["method"]] = self.cpu.get(rec["method"], 0.0) + rec.get("cpu", 0.0)
 
-    def _repair_tail(self) -> None:
-        f = self._f
-        f.seek(0)
-        data = f.read()
-        keep = data.rfind(b"\n") + 1
-        if keep != len(data):
-            f.truncate(keep)
-        f.seek(0, os.SEEK_END)
-
     def _write(self, rec: dict) -> None:
-        self._f.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
-        self._f.flush()
-        os.fsync(self._f.fileno())
+        self._log.write(rec)
 
     def check_method(self, name: str, fingerprint: str) -> None:
         old = self.fingerprints.get(name)
@@ -407,8 +388,7 @@ class CellStore:
                      "seconds": round(seconds, 4), "cpu": round(cpu, 4)})
 
     def close(self) -> None:
-        if not self._f.closed:
-            self._f.close()
+        self._log.close()
 
 
 class _MemoryStore(CellStore):

@@ -1,0 +1,77 @@
+"""Append-only JSON-lines files that survive ``kill -9``: one writer path, one reader path.
+
+Used by the golden ranking shards (``store``) and the sweep's cell file (``sweep``). A record is
+one line, written whole, flushed and fsynced before the next; a killed writer leaves at most a
+partial last line, which readers skip and the next writer truncates before appending.
+"""
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+from pathlib import Path
+from typing import Iterator
+
+from .errors import PatchRankError
+
+
+def read_records(path: str | os.PathLike, damaged_hint: str) -> Iterator[tuple[int, dict]]:
+    """(line number, record) of every complete line; a damaged line that is not the last one
+    raises, naming the file and line, followed by ``damaged_hint`` (what the user should do)."""
+    path = Path(path)
+    lines = path.read_bytes().split(b"\n")
+    for no, line in enumerate(lines[:-1], 1):    # the last piece has no newline: partial or empty
+        if not line.strip():
+            continue
+        try:
+            yield no, json.loads(line)
+        except json.JSONDecodeError:
+            raise PatchRankError(f"{path}, line {no}: damaged record; {damaged_hint}") from None
+
+
+class AppendLog:
+    """An open append-only JSONL file; ``lock=True`` takes an exclusive lock (one writer)."""
+
+    def __init__(self, path: str | os.PathLike, lock: bool = False):
+        self.path = Path(path)
+        self._f = open(self.path, "ab+")
+        if lock:
+            try:
+                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                self._f.close()
+                raise PatchRankError(f"{self.path} is being written by another process; wait for "
+                                     "it or use another output folder") from None
+        self._repair_tail()
+
+    def _repair_tail(self) -> None:
+        """Drop a partial last line left by a killed writer, so appends start on a fresh line."""
+        f = self._f
+        size = f.seek(0, os.SEEK_END)
+        pos, keep = size, 0
+        while pos > 0:
+            step = min(65536, pos)
+            pos -= step
+            f.seek(pos)
+            nl = f.read(step).rfind(b"\n")
+            if nl >= 0:
+                keep = pos + nl + 1
+                break
+        if keep != size:
+            f.truncate(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        f.seek(0, os.SEEK_END)
+
+    def write(self, rec: dict) -> None:
+        self._f.write((json.dumps(rec, separators=(",", ":")) + "\n").encode())
+        self._f.flush()
+        os.fsync(self._f.fileno())
+
+    @property
+    def closed(self) -> bool:
+        return self._f.closed
+
+    def close(self) -> None:
+        if not self._f.closed:
+            self._f.close()
