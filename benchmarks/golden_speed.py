@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 import patchrank as pr  # noqa: E402
+from patchrank.figures import markdown_table  # noqa: E402
 from patchrank import metrics  # noqa: E402
 from patchrank.golden import DEFAULT_BUDGET_MB, _variant_bytes, golden_ranking  # noqa: E402
 from patchrank.timing import interleaved  # noqa: E402
@@ -124,13 +125,13 @@ def main(argv=None) -> int:
             elif fp32_orders is not None:
                 row["agreement_with_fp32"] = metrics.agreement(s["orders"], fp32_orders, keep_ratios=(0.6,))
             rows.append(row)
-    print("| model | dtype | stop at | s/image | images/min | GFLOP/image | effective GFLOP/s | "
-          "matmul GFLOP/s (shape) | share |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for r in rows:
-        print(f"| {r['model']} | {r['dtype']} | {r['stop_at']} | {r['seconds_per_image']} | {r['images_per_min']} | "
-              f"{r['gflops_per_image']} | {r['effective_gflops_per_s']} | {r['matmul_gflops_per_s']} "
-              f"({'x'.join(map(str, r['matmul_shape']))}) | {r['share_of_matmul']:.0%} |")
+    print(markdown_table(
+        ["model", "dtype", "stop at", "s/image", "images/min", "GFLOP/image", "effective GFLOP/s",
+         "matmul GFLOP/s (shape)", "share"],
+        [[r["model"], r["dtype"], r["stop_at"], r["seconds_per_image"], r["images_per_min"],
+          r["gflops_per_image"], r["effective_gflops_per_s"],
+          f"{r['matmul_gflops_per_s']} ({'x'.join(map(str, r['matmul_shape']))})",
+          f"{r['share_of_matmul']:.0%}"] for r in rows]))
     for s in skipped:
         print(f"\nskipped {s['model']} {s['dtype']}: {s['why']}: {s['matmul_gflops']} GFLOP/s")
     out = {"threads": a.threads, "budget_mb": a.budget_mb, "rows": rows, "skipped": skipped,

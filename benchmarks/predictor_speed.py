@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 
@@ -29,6 +28,7 @@ import torch  # noqa: E402
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import patchrank as pr  # noqa: E402
 from patchrank.predictor import Predictor  # noqa: E402
+from patchrank.timing import interleaved  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -53,29 +53,17 @@ def main(argv=None) -> dict:
     k = m.keep_count(a.keep)
     fixed = torch.stack([torch.randperm(m.num_patches)[:k].sort().values for _ in range(a.batch)]).to(m.device)
     clock = time.process_time if a.clock == "cpu" else time.perf_counter
-    sync = torch.cuda.synchronize if m.device.type == "cuda" else (lambda: None)
+    sync = torch.cuda.synchronize if m.device.type == "cuda" else None
 
     runs = {"full": lambda: m.encode_image(x),
             "pruned_fixed_ids": lambda: m.encode_image(x, keep=fixed),
             "predictor": lambda: m.encode_image(x, keep_ratio=a.keep, ranker=p)}
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
     with torch.inference_mode():
-        for _ in range(a.warmup):
-            for fn in runs.values():
-                fn()
-        for r in range(a.repeats):
-            for name in names[r % len(names):] + names[:r % len(names)]:
-                sync()
-                t = clock()
-                runs[name]()
-                sync()
-                times[name].append(clock() - t)
-
+        t = interleaved(runs, repeats=a.repeats, warmup=a.warmup, clock=clock, sync=sync)
     full_gf, kept_gf = m.flops().executed, m.flops(keep=k).executed
     ratio = kept_gf / full_gf
-    med = {n: statistics.median(v) for n, v in times.items()}
-    low = {n: min(v) for n, v in times.items()}
+    med = {n: v["median_ms"] / 1e3 for n, v in t.items()}
+    low = {n: v["min_ms"] / 1e3 for n, v in t.items()}
     out = {"model": a.model, "pretrained": a.pretrained, "device": str(m.device),
            "threads": torch.get_num_threads(), "clock": a.clock, "batch": a.batch, "keep_ratio": a.keep, "kept": k,
            "repeats": a.repeats, "gflops_full": full_gf, "gflops_pruned": kept_gf,

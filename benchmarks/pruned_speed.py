@@ -25,6 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 import patchrank as pr  # noqa: E402
+from patchrank.figures import markdown_table  # noqa: E402
 from patchrank.predictor import Predictor  # noqa: E402
 from patchrank.timing import interleaved, matmul_gflops  # noqa: E402
 
@@ -90,12 +91,11 @@ def main(argv=None) -> int:
         fp32_ceiling = fp32_ceiling or ceiling
         out["rows"] += rows
         out.setdefault("matmul", []).append(ceiling)
-    print("| dtype | batch | config | kept | GFLOPs/img | median ms | min ms | speedup | FLOP-ideal | ratio | GFLOP/s | matmul GFLOP/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
-    for r in out["rows"]:
-        print(f"| {r['dtype']} | {r['batch']} | {r['config']} | {r['kept']} | {r['gflops_per_image']} | "
-              f"{r['median_ms']} | {r['min_ms']} | {r['speedup']} | {r['ideal_speedup']} | "
-              f"{r['speedup_vs_ideal']} | {r['achieved_gflops']} | {r['matmul_gflops']} |")
+    keys = ["dtype", "batch", "config", "kept", "gflops_per_image", "median_ms", "min_ms", "speedup",
+            "ideal_speedup", "speedup_vs_ideal", "achieved_gflops", "matmul_gflops"]
+    print(markdown_table(["dtype", "batch", "config", "kept", "GFLOPs/img", "median ms", "min ms",
+                          "speedup", "FLOP-ideal", "ratio", "GFLOP/s", "matmul GFLOP/s"],
+                         [[r[k] for k in keys] for r in out["rows"]]))
     for s in out["skipped"]:
         print(f"\nskipped {s['dtype']}: {s['why']} (512^2 matmul: {s['matmul_gflops_512']} GFLOP/s)")
     if a.json:

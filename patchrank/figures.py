@@ -18,7 +18,7 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Iterable, Sequence
 
 from .errors import PatchRankError
 
@@ -42,6 +42,13 @@ AXES = {"gflops": "image-encoder GFLOPs per image (1 MAC = 2 FLOPs)",
         "latency_ms_b1": "latency at batch 1 (ms, median)",
         "latency_ms_bN": "latency at batch N (ms per batch, median)",
         "ms_per_image_bN": "ms per image at batch N (median)"}
+
+
+def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    """A GitHub markdown table; cells are written with ``str`` (format them before)."""
+    lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
+    return "\n".join(lines)
 
 
 def colour(method: str) -> str:

@@ -13,18 +13,26 @@ from typing import Any, Callable
 import torch
 
 
-def interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1) -> dict[str, dict]:
-    """Time each zero-argument callable ``repeats`` times, round-robin; returns name ->
-    {"median_ms", "min_ms", "times_ms"}."""
+def interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1,
+                clock: Callable[[], float] = time.perf_counter,
+                sync: Callable[[], None] | None = None) -> dict[str, dict]:
+    """Time each zero-argument callable ``repeats`` times, round-robin in a rotating order (so
+    drift and "who runs after whom" hit every configuration alike); returns name ->
+    {"median_ms", "min_ms", "times_ms"}. ``clock``: e.g. ``time.process_time`` to count CPU time
+    on a busy machine; ``sync``: e.g. ``torch.cuda.synchronize`` around each timed call."""
+    sync = sync or (lambda: None)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
+    names = list(fns)
     times: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            t = time.perf_counter()
-            fn()
-            times[name].append((time.perf_counter() - t) * 1e3)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            sync()
+            t = clock()
+            fns[name]()
+            sync()
+            times[name].append((clock() - t) * 1e3)
     return {name: {"median_ms": statistics.median(ts), "min_ms": min(ts), "times_ms": ts}
             for name, ts in times.items()}
 
