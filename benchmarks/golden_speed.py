@@ -31,7 +31,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 import patchrank as pr  # noqa: E402
-from patchrank.figures import markdown_table  # noqa: E402
+from patchrank.figures import grid_table  # noqa: E402
 from patchrank import metrics  # noqa: E402
 from patchrank.golden import DEFAULT_BUDGET_MB, _variant_bytes, golden_ranking  # noqa: E402
 from patchrank.timing import interleaved  # noqa: E402
@@ -125,7 +125,7 @@ def main(argv=None) -> int:
             elif fp32_orders is not None:
                 row["agreement_with_fp32"] = metrics.agreement(s["orders"], fp32_orders, keep_ratios=(0.6,))
             rows.append(row)
-    print(markdown_table(
+    print(grid_table(
         ["model", "dtype", "stop at", "s/image", "images/min", "GFLOP/image", "effective GFLOP/s",
          "matmul GFLOP/s (shape)", "share"],
         [[r["model"], r["dtype"], r["stop_at"], r["seconds_per_image"], r["images_per_min"],

@@ -25,7 +25,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 import patchrank as pr  # noqa: E402
-from patchrank.figures import markdown_table  # noqa: E402
+from patchrank.figures import grid_table  # noqa: E402
 from patchrank.predictor import Predictor  # noqa: E402
 from patchrank.timing import interleaved, matmul_gflops  # noqa: E402
 
@@ -93,7 +93,7 @@ def main(argv=None) -> int:
         out.setdefault("matmul", []).append(ceiling)
     keys = ["dtype", "batch", "config", "kept", "gflops_per_image", "median_ms", "min_ms", "speedup",
             "ideal_speedup", "speedup_vs_ideal", "achieved_gflops", "matmul_gflops"]
-    print(markdown_table(["dtype", "batch", "config", "kept", "GFLOPs/img", "median ms", "min ms",
+    print(grid_table(["dtype", "batch", "config", "kept", "GFLOPs/img", "median ms", "min ms",
                           "speedup", "FLOP-ideal", "ratio", "GFLOP/s", "matmul GFLOP/s"],
                          [[r[k] for k in keys] for r in out["rows"]]))
     for s in out["skipped"]:

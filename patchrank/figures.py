@@ -44,7 +44,7 @@ AXES = {"gflops": "image-encoder GFLOPs per image (1 MAC = 2 FLOPs)",
         "ms_per_image_bN": "ms per image at batch N (median)"}
 
 
-def markdown_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def grid_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     """A GitHub markdown table; cells are written with ``str`` (format them before)."""
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
