@@ -1,16 +1,13 @@
 """Glue between the app and the ``patchrank`` engine: loading models and predictors, asking the
 engine for patch orders and (pruned) embeddings. No model maths lives here: every forward pass,
-ranking and metric is an engine call. Engine parts still being written are imported lazily; when
-one is missing the app says so in plain words instead of failing.
+ranking and metric is an engine call. What a model lacks (no predictor or tokens trained for it)
+comes back as a plain-words reason instead of an exception.
 """
 from __future__ import annotations
 
 import hashlib
-import inspect
 import os
-import statistics
 import threading
-import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -18,7 +15,12 @@ import numpy as np
 import torch
 
 import patchrank as pr
+from patchrank import golden, metrics, rankers, sweep
+from patchrank.baselines import ToMeMerger
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
+from patchrank.predictor import load_predictor
+from patchrank.timing import interleaved
+from patchrank.tokens import load_tokens
 
 from .store import LRU
 
@@ -46,18 +48,7 @@ GOLDEN_MODES = {"exact": "exact leave-one-out search",
 
 
 class EngineMissing(RuntimeError):
-    """An engine part this feature needs is not there yet."""
-
-
-def _call(fn: Callable, *args, **kwargs):
-    """Call ``fn`` with only the keyword arguments its signature accepts."""
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args, **kwargs)
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
+    """What a feature needs is missing for this model (e.g. no predictor trained for it)."""
 
 
 # -- models ---------------------------------------------------------------------------------------
@@ -140,18 +131,12 @@ def describe(m: pr.PatchModel) -> str:
 
 
 # -- rankers --------------------------------------------------------------------------------------
-def registered_rankers() -> tuple[list[str], str | None]:
-    """Names of the engine's registered rankers, or ([], why) if the registry can't load."""
-    try:
-        from patchrank import rankers
-        names = [n for n in rankers.available() if n == "golden" or not n.startswith("golden")]
-        return names, None
-    except ImportError as e:
-        return [], f"the engine's rankers are not available yet ({e})"
+def registered_rankers() -> list[str]:
+    """Names of the engine's registered rankers (golden variants folded into "golden")."""
+    return [n for n in rankers.available() if n == "golden" or not n.startswith("golden")]
 
 
 def is_merger(name: str) -> bool:
-    from patchrank import rankers
     r = rankers.resolve(name)
     return hasattr(r, "reduce") and not hasattr(r, "scores")
 
@@ -166,35 +151,32 @@ class PredictorInfo:
 _PREDICTORS: LRU = LRU(8)
 
 
+def _shipped(cache: LRU, m: pr.PatchModel, load: Callable[[pr.PatchModel], Any],
+             what: str) -> tuple[Any | None, str]:
+    """A file shipped for ``m`` (predictor, tokens), loaded once per model; else (None, why)."""
+    hit = cache.get(m.model_id)
+    if hit is None:
+        try:
+            hit = (load(m), "")
+        except ModelMismatch:
+            tag = f"/{m.pretrained}" if m.pretrained else ""
+            hit = (None, f"no {what} trained for {m.name}{tag} ships with PatchRank yet")
+        except (WeightsUnavailable, FileNotFoundError) as e:
+            hit = (None, f"no {what} file is available ({e})")
+        cache.put(m.model_id, hit)
+    return hit
+
+
 def bundled_predictor(m: pr.PatchModel) -> tuple[PredictorInfo | None, str]:
     """The shipped predictor for ``m`` if there is one; else (None, why)."""
-    hit = _PREDICTORS.get(m.model_id)
-    if hit is not None:
-        return hit
-    try:
-        from patchrank.predictor import load_predictor
-    except ImportError:
-        return None, "the predictor engine (patchrank.predictor) is not available yet"
-    try:
-        p = _call(load_predictor, model=m)
-        out = (PredictorInfo(p, "bundled", "bundled"), "")
-    except ModelMismatch:
-        out = (None, f"no predictor has been trained for {m.name}"
-                     f"{'/' + str(m.pretrained) if m.pretrained else ''} yet")
-    except (WeightsUnavailable, FileNotFoundError) as e:
-        out = (None, f"no predictor file is available ({e})")
-    _PREDICTORS.put(m.model_id, out)
-    return out
+    return _shipped(_PREDICTORS, m, lambda m: PredictorInfo(load_predictor(model=m), "bundled", "bundled"),
+                    "predictor")
 
 
 def load_uploaded_predictor(m: pr.PatchModel, path: str, name: str) -> PredictorInfo:
     """A predictor file uploaded by a user; refuses one trained for another model."""
-    try:
-        from patchrank.predictor import load_predictor
-    except ImportError:
-        raise EngineMissing("the predictor engine (patchrank.predictor) is not available yet") from None
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
-    p = _call(load_predictor, path=path, model=m)
+    p = load_predictor(path=path, model=m)
     return PredictorInfo(p, name, digest)
 
 
@@ -203,42 +185,20 @@ _TOKENS: LRU = LRU(8)
 
 def bundled_tokens(m: pr.PatchModel) -> tuple[Any | None, str]:
     """The shipped learnable tokens for ``m`` if there are any; else (None, why)."""
-    hit = _TOKENS.get(m.model_id)
-    if hit is not None:
-        return hit
-    try:
-        from patchrank.tokens import load_tokens
-    except ImportError:
-        return None, "the learnable-tokens engine (patchrank.tokens) is not available yet"
-    try:
-        out = (_call(load_tokens, model=m), "")
-    except ModelMismatch:
-        out = (None, f"no learnable tokens have been trained for {m.name} yet")
-    except (WeightsUnavailable, FileNotFoundError) as e:
-        out = (None, f"no learnable tokens file is available ({e})")
-    _TOKENS.put(m.model_id, out)
-    return out
+    return _shipped(_TOKENS, m, lambda m: load_tokens(model=m), "learnable tokens")
 
 
 def golden_order(m: pr.PatchModel, x: torch.Tensor, mode: str,
                  progress: Callable[[float, str], None] | None = None) -> np.ndarray:
     """Golden ranking (label-free similarity score) of one image: order [P], best first."""
-    try:
-        from patchrank.golden import golden_ranking
-    except ImportError:
-        raise EngineMissing("the golden-ranking engine (patchrank.golden) is not available yet") from None
-    import patchrank.golden as G
-    kwargs: dict = dict(getattr(G, "DEFAULT_SETTINGS", {"score": "similarity", "step": 10, "block": 1}))
+    kwargs: dict = dict(golden.DEFAULT_SETTINGS)
     kwargs["score"] = "similarity"          # label free: the app's labels don't change the ranking
     if mode == "fast":                      # one-shot on 2x2 cells: 4x fewer variants than the default
         rows, cols = m.grid
         even = rows % 2 == 0 and cols % 2 == 0
         kwargs.update(mode="oneshot", block=2 if even else 1)
-    if progress is not None:
-        kwargs["progress"] = progress
     with torch.inference_mode():
-        r = _call(golden_ranking, m, x, **kwargs)
-    return _order(r.order if hasattr(r, "order") else r)
+        return _order(golden.golden_ranking(m, x, progress=progress, **kwargs).order)
 
 
 def ranker_order(m: pr.PatchModel, x: torch.Tensor, name: str, pred: PredictorInfo | None = None) -> np.ndarray:
@@ -258,10 +218,6 @@ def _order(o) -> np.ndarray:
 
 def tome_groups(m: pr.PatchModel, prefix: torch.Tensor, k: int) -> np.ndarray:
     """ToMe merge group (output token 0..k-1) of every patch [P], from the prefix tokens."""
-    try:
-        from patchrank.baselines import ToMeMerger
-    except ImportError:
-        raise EngineMissing("the baselines engine (patchrank.baselines) is not available yet") from None
     with torch.inference_mode():
         return ToMeMerger().merge(m, prefix, k).groups[0].cpu().numpy().astype(np.int64)
 
@@ -303,33 +259,17 @@ def time_forward(m: pr.PatchModel, x: torch.Tensor, keep_ids: np.ndarray | None,
                  repeats: int = 3, tokens=None) -> tuple[float, float]:
     """Median ms of the pruned and the full forward of one image, interleaved, after a warm-up."""
     ids = None if keep_ids is None else torch.as_tensor(np.sort(keep_ids), dtype=torch.long)[None]
-    pruned, full = [], []
     with torch.inference_mode():
-        m.encode_image(x, keep=ids, tokens=tokens)
-        m.encode_image(x)
-        for _ in range(repeats):
-            t = time.perf_counter()
-            m.encode_image(x, keep=ids, tokens=tokens)
-            pruned.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            m.encode_image(x)
-            full.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(pruned), 1e3 * statistics.median(full)
+        t = interleaved({"pruned": lambda: m.encode_image(x, keep=ids, tokens=tokens),
+                         "full": lambda: m.encode_image(x)}, repeats=repeats)
+    return t["pruned"]["median_ms"], t["full"]["median_ms"]
 
 
-def kept_iou(a: np.ndarray, b: np.ndarray, ratio: float) -> float | None:
-    try:
-        from patchrank import metrics
-    except ImportError:
-        return None
+def kept_iou(a: np.ndarray, b: np.ndarray, ratio: float) -> float:
     return float(metrics.kept_iou(torch.as_tensor(a)[None], torch.as_tensor(b)[None], ratio)[0])
 
 
-def kendall_tau(a: np.ndarray, b: np.ndarray) -> float | None:
-    try:
-        from patchrank import metrics
-    except ImportError:
-        return None
+def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
     return float(metrics.kendall_tau(torch.as_tensor(a)[None], torch.as_tensor(b)[None])[0])
 
 
@@ -341,10 +281,6 @@ SWEEP_RATIOS = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3)
 def run_sweep(m: pr.PatchModel, spec: str, *, limit: int, include_golden: bool = False,
               predictor: Any = None) -> dict:
     """The engine's accuracy / GFLOPs / latency sweep on a dataset spec, kept in memory."""
-    try:
-        from patchrank.sweep import run_sweep as sweep
-    except ImportError:
-        raise EngineMissing("the sweep engine (patchrank.sweep) is not available yet") from None
     methods = (("golden",) if include_golden else ()) + SWEEP_METHODS
-    return _call(sweep, m, spec, methods=methods, ratios=SWEEP_RATIOS, out=None, batch=32,
+    return sweep.run_sweep(m, spec, methods=methods, ratios=SWEEP_RATIOS, out=None, batch=32,
                  latency_batches=(1,), repeats=3, limit=limit, predictor=predictor, progress=True)

@@ -55,7 +55,7 @@ def _fail(e: Exception) -> gr.Error:
 
 def ranker_choices() -> list[tuple[str, str]]:
     """(label, value) pairs for the two ranker selectors: golden, predictor, then the engine's."""
-    names, _ = engine.registered_rankers()
+    names = engine.registered_rankers()
     values = list(engine.BUILTIN_ORDERED) + [n for n in names if n not in engine.BUILTIN_ORDERED]
     return [(plots.display_name(v), v) for v in values]
 
@@ -163,10 +163,10 @@ def _compute_analysis(key, model_key, m, img, x, golden_mode, pred, pred_why, no
     t = time.perf_counter()
     full = engine.embed_full(m, x)
     seconds["full forward"] = time.perf_counter() - t
-    names, why = engine.registered_rankers()
+    names = engine.registered_rankers()
     for name_ in [v for v in RANKER_VALUES if v not in ("golden", "predictor")]:
         if name_ not in names:
-            missing[name_] = why or f"the engine has no ranker named {name_!r}"
+            missing[name_] = f"the engine has no ranker named {name_!r}"
             continue
         t = time.perf_counter()
         try:
@@ -187,7 +187,7 @@ def _compute_analysis(key, model_key, m, img, x, golden_mode, pred, pred_why, no
     else:
         missing["predictor"] = pred_why
     if "golden" not in names:
-        missing["golden"] = why or "the engine has no golden ranking"
+        missing["golden"] = "the engine has no golden ranking"
     a = Analysis(key, model_key, m, view, x, orders, mergers, missing, full, golden_mode,
                  pred.source if pred else None, seconds, notes, name)
     if "tome" in mergers:
@@ -303,8 +303,6 @@ def _agreement_md(a: Analysis, left: str, right: str, ratio: float) -> str:
     if tau is None:
         tau = a.taus[(left, right)] = engine.kendall_tau(a.orders[left], a.orders[right])
     iou = engine.kept_iou(a.orders[left], a.orders[right], ratio)
-    if tau is None or iou is None:
-        return head + "  \nAgreement metrics are not available (patchrank.metrics missing)."
     return (head + f"  \n**{plots.display_name(left)} vs {plots.display_name(right)}**: "
             f"Kendall tau {tau:+.3f} over the full order; kept-set IoU {iou:.3f} at this ratio.")
 
