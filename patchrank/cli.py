@@ -128,6 +128,9 @@ def build_parser() -> argparse.ArgumentParser:
     tt.add_argument("--lr", type=float, default=1e-2)
     tt.add_argument("--wd", type=float, default=0.0)
     tt.add_argument("--optimizer", default="adamw", choices=["adamw", "sgd"])
+    tt.add_argument("--objective", default="ce", choices=["ce", "distill"],
+                    help="ce: labels (few-shot, the paper); distill: match the unpruned model's "
+                         "predictions (no labels needed; see patchrank/tokens.py)")
     tt.add_argument("--seed", type=int, default=0)
     tt.add_argument("--eval", default=None,
                     help="dataset spec to measure on ('none' to skip; default bundled-eval for the bundled model)")

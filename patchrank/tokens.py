@@ -430,16 +430,28 @@ class TrainLog:
 def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classnames: Sequence[str], *,
                  ratios: Sequence[float] | None = None, epochs: int = 10, batch: int = 8,
                  lr: float = 1e-2, optimizer: str = "adamw", weight_decay: float = 0.0,
-                 seed: int = 0, progress: bool = False) -> TrainLog:
+                 seed: int = 0, objective: str = "ce", progress: bool = False) -> TrainLog:
     """Train ``tokens`` in place: per step, a batch of cached images at one keep ratio drawn
-    from ``ratios`` (default: all the cache holds), cross-entropy of the pruned zero-shot logits,
-    cosine learning rate to 0. Backbone and ranker frozen."""
+    from ``ratios`` (default: all the cache holds), cosine learning rate to 0, backbone and ranker
+    frozen. Objectives on the pruned zero-shot logits:
+
+    - ``ce``: cross-entropy with the labels (CoOp / the paper's few-shot recipe);
+    - ``distill``: KL(p_full || p_pruned+tokens), the teacher being the *unpruned* model with the
+      hand-written prompts on the same image (Hinton et al. 2015, with CLIP's logit scale as the
+      temperature). It asks the tokens for exactly what they are for, recovering what pruning
+      changed, needs no labels, and at keep 1.0 its optimum is "change nothing", so tokens
+      trained this way cannot learn to trade full-model accuracy for a better fit of few shots.
+    """
+    if objective not in ("ce", "distill"):
+        raise PatchRankError(f"objective must be 'ce' or 'distill', got {objective!r}")
     tokens.check_model(m)
     ratios = sorted(float(q) for q in (ratios or cache.ratios))
     missing = [q for q in ratios if q not in cache.keep and q not in cache.reduced]
     if missing:
         raise PatchRankError(f"keep ratios {missing} were not precomputed")
-    y = torch.as_tensor(labels, dtype=torch.long)
+    if labels is None and objective == "ce":
+        raise PatchRankError("objective 'ce' needs labels (or use objective='distill')")
+    y = torch.as_tensor(labels if labels is not None else [-1] * len(cache), dtype=torch.long)
     if y.shape[0] != len(cache):
         raise PatchRankError(f"{y.shape[0]} labels for {len(cache)} images")
     if epochs < 1 or batch < 1:
@@ -458,7 +470,13 @@ def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classna
     g = torch.Generator().manual_seed(seed)
     scale = float(m.clip.logit_scale.detach().exp())
     # clone: the cached classifier is an inference tensor, unusable under autograd
-    fixed_text = None if tokens.text_ctx is not None else m.zero_shot(classnames).text.clone().to(m.device)
+    hand_text = m.zero_shot(classnames).text.clone().to(m.device)
+    fixed_text = None if tokens.text_ctx is not None else hand_text
+    teacher = None
+    if objective == "distill":        # unpruned model, hand prompts: computed once per image
+        with torch.no_grad():
+            teacher = torch.cat([F.softmax(_logits(m, None, cache.h[i:i + 64], hand_text, scale), -1)
+                                 for i in range(0, n, 64)])
     bar = _progress(progress, total, "tune-tokens")
     log: list[float] = []
     t0 = time.perf_counter()
@@ -472,7 +490,11 @@ def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classna
                     q = ratios[int(torch.randint(len(ratios), (1,), generator=g))]
                     text = fixed_text if fixed_text is not None else tokens.text_features(m, classnames)
                     logits = _logits(m, tokens, cache.sequence(q, idx), text, scale)
-                    loss = F.cross_entropy(logits, y[idx].to(logits.device))
+                    if teacher is None:
+                        loss = F.cross_entropy(logits, y[idx].to(logits.device))
+                    else:
+                        loss = F.kl_div(F.log_softmax(logits, -1), teacher[idx].to(logits.device),
+                                        reduction="batchmean")
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
@@ -487,7 +509,7 @@ def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classna
         if bar:
             bar.close()
     settings = {"ratios": ratios, "epochs": epochs, "batch": batch, "lr": lr, "optimizer": optimizer,
-                "weight_decay": weight_decay, "seed": seed, "images": n}
+                "weight_decay": weight_decay, "seed": seed, "images": n, "objective": objective}
     return TrainLog(log, total, time.perf_counter() - t0, settings)
 
 
@@ -614,7 +636,7 @@ def cli_main(a) -> int:
                              num_visual=a.visual, deep=a.deep, text_ctx=a.text_ctx,
                              ctx_init=a.ctx_init, init=a.init, seed=a.seed, progress=progress,
                              epochs=a.epochs, batch=a.batch, lr=a.lr, optimizer=a.optimizer,
-                             weight_decay=a.wd)
+                             weight_decay=a.wd, objective=a.objective)
         t.meta["ranker"] = describe_ranker(r, source)
         t.meta["data"] = {"spec": a.data, "shots": a.shots, "images": len(images)}
         t.meta["model"] = {"name": m.name, "pretrained": m.pretrained}

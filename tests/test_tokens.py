@@ -4,6 +4,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 import patchrank as pr
 from patchrank import forward
@@ -128,6 +129,25 @@ def test_training_lowers_the_loss_and_leaves_the_model_frozen(tiny, text_ctx):
     cache = T.precompute(tiny, imgs, "random", [0.5])
     ev = T.evaluate(tiny, cache, labels, names, t)
     assert ev["ratios"][0]["kept"] == tiny.keep_count(0.5) and "acc_tokens" in ev["full"]
+
+
+def test_distill_objective_needs_no_labels_and_pulls_pruned_towards_full(tiny):
+    """objective='distill': the target is the unpruned model's prediction on the same image."""
+    imgs = _images(tiny, 12, seed=4)
+    names = ["cat", "dog", "car"]
+    cache = T.precompute(tiny, imgs, "random", [0.25])
+    with pytest.raises(PatchRankError, match="needs labels"):
+        T.train_tokens(tiny, T.LearnableTokens.for_model(tiny, 2), cache, None, names)
+    t = T.LearnableTokens.for_model(tiny, 2, seed=0)
+    log = T.train_tokens(tiny, t, cache, None, names, objective="distill", epochs=15, batch=4, lr=3e-2)
+    assert log.settings["objective"] == "distill" and log.epoch_loss[-1] < log.epoch_loss[0]
+    clf = tiny.zero_shot(names)
+    x = torch.stack(imgs)
+    with torch.inference_mode():
+        full = clf.probs(tiny.encode_image(x))
+        keep = cache.keep[0.25]
+        kl = lambda e: F.kl_div(clf.probs(e).log(), full, reduction="batchmean")  # noqa: E731
+        assert kl(tiny.encode_image(x, keep=keep, tokens=t)) < kl(tiny.encode_image(x, keep=keep))
 
 
 def test_cli_tune_tokens(bundled, tmp_path, capsys):

@@ -2,6 +2,8 @@
 
 Specs (tried in order by the handlers in ``SPEC_HANDLERS``; add a handler to support a layout):
 - ``bundled-eval``: the bundled model's shipped evaluation split (test scenes, labels, masks).
+- ``bundled-val:N``: N training-generator scenes from ``VAL_OFFSET`` on, which nothing trains on:
+  a validation set for choosing hyperparameters (tokens, predictor) off the evaluation split.
 - ``bundled-train:N``: the first N scenes of ``SceneGenerator("train", seed=0)``, the generator the
   bundled model trained on. Predictor training ranks scenes from this *train* split only, never
   the evaluation split, so predictor evaluation stays on unseen images. Scenes are rendered on
@@ -27,6 +29,10 @@ from .images import load_image
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 TRAIN_SEED = 0
+#: ``bundled-val:N`` scenes start here: beyond every scene the bundled CLIP, its predictor or its
+#: tokens train on (train-clip reads steps x batch scenes from 0), so hyperparameters can be
+#: chosen without touching the evaluation split.
+VAL_OFFSET = 10_000_000
 
 
 class Dataset:
@@ -83,13 +89,15 @@ class BundledEval(Dataset):
 
 
 class BundledTrain(Dataset):
-    """The first ``n`` training scenes, rendered on demand (see the module docstring)."""
+    """The first ``n`` training scenes, rendered on demand (see the module docstring);
+    ``name="bundled-val"`` starts at ``VAL_OFFSET`` instead: scenes no training run reaches."""
 
-    def __init__(self, n: int):
+    def __init__(self, n: int, name: str = "bundled-train"):
         from . import scenes as S
         self._gen = S.SceneGenerator("train", seed=TRAIN_SEED)
-        self.spec = f"bundled-train:{n}"
-        self.ids = [f"bundled-train/{i:06d}" for i in range(n)]
+        self._offset = VAL_OFFSET if name == "bundled-val" else 0
+        self.spec = f"{name}:{n}"
+        self.ids = [f"{name}/{i:06d}" for i in range(n)]
         self.classnames = tuple(S.CLASSNAMES)
         self._all: tuple[np.ndarray, np.ndarray] | None = None
         self._last = None
@@ -98,7 +106,7 @@ class BundledTrain(Dataset):
         if not 0 <= i < len(self.ids):
             raise IndexError(i)
         if self._last is None or self._last[0] != i:   # image(i) then label(i) renders once
-            self._last = (i, self._gen(i))
+            self._last = (i, self._gen(self._offset + i))
         return self._last[1]
 
     def image(self, i: int) -> Image.Image:
@@ -109,7 +117,7 @@ class BundledTrain(Dataset):
 
     def _render_all(self) -> tuple[np.ndarray, np.ndarray]:
         if self._all is None:
-            sc = [self._gen(i) for i in range(len(self.ids))]
+            sc = [self._gen(self._offset + i) for i in range(len(self.ids))]
             self._all = (np.array([s.label for s in sc], np.int64),
                          np.stack([s.coverage for s in sc]).astype(np.float32))
         return self._all
@@ -200,11 +208,12 @@ def _bundled_spec(spec: str, limit: int | None = None) -> Dataset | None:
     if spec.startswith("bundled-eval:"):
         n = _count(spec)
         return BundledEval(n if limit is None else min(n, limit))
-    if spec.startswith("bundled-train"):
-        if not spec.startswith("bundled-train:"):
-            raise PatchRankError("bundled-train needs a scene count: bundled-train:N (e.g. bundled-train:2000)")
-        n = _count(spec)
-        return BundledTrain(n if limit is None else min(n, limit))
+    for name in ("bundled-train", "bundled-val"):
+        if spec.startswith(name):
+            if not spec.startswith(name + ":"):
+                raise PatchRankError(f"{name} needs a scene count: {name}:N (e.g. {name}:2000)")
+            n = _count(spec)
+            return BundledTrain(n if limit is None else min(n, limit), name)
     return None
 
 
