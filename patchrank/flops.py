@@ -9,7 +9,7 @@ softmax and GELU (all O(N*D)) are left out.
 Two totals: the float value is the standard count of the architecture (every block on every
 token: the convention of the paper's tables and of every ViT FLOP figure), and ``.executed`` is
 what PatchRank's forward actually runs. They differ only in the last block when the embedding
-reads the CLS token alone (``forward.cls_block``): there keys and values are computed for all N
+reads the CLS token alone (``forward.run_block(..., cls_only=True)``): there keys and values are computed for all N
 tokens but the rest for one, 4*N*D^2 + 4*D^2 + 4*N*D + 4*D*H. Speed ratios ("FLOP-ideal") use
 ``.executed``; a test checks it against ``torch.utils.flop_counter.FlopCounterMode``.
 """
@@ -45,7 +45,7 @@ def block_flops(n: int, d: int, hidden: int) -> float:
 
 
 def cls_block_flops(n: int, d: int, hidden: int) -> float:
-    """FLOPs of one block computing only the CLS output from ``n`` tokens (``forward.cls_block``):
+    """FLOPs of one block computing only the CLS output from ``n`` tokens (``forward.run_block(..., cls_only=True)``):
     K,V for all tokens 4*n*D^2, Q and out-proj for CLS 4*D^2, its scores and mix 4*n*D, MLP 4*D*H."""
     return 4 * n * d * d + 4 * d * d + 4 * n * d + 4 * d * hidden
 

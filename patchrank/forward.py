@@ -35,20 +35,34 @@ def plain_block(blk) -> bool:
             and a._qkv_same_embed_dim and a.in_proj_bias is not None)
 
 
-def run_block(blk, h: torch.Tensor) -> torch.Tensor:
-    """One block: ``ResidualAttentionBlock.forward`` with the attention written as one fused QKV
-    projection and ``F.scaled_dot_product_attention``, instead of ``nn.MultiheadAttention``'s
-    fast path (bmm + softmax + copies). Same maths to ~1e-6; 15 % faster per block at the
-    bundled model's width on this CPU, as fast at ViT-B width. Other block types run as is."""
+def run_block(blk, h: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
+    """One block: ``ResidualAttentionBlock.forward`` with the attention written as a QKV
+    projection and ``F.scaled_dot_product_attention`` instead of ``nn.MultiheadAttention``'s fast
+    path (bmm + softmax + copies): same maths to ~1e-6, 15 % faster per block at the bundled
+    model's width on this CPU, as fast at ViT-B width. Other block types run as is.
+
+    ``cls_only``: the CLS output alone, [B,T,D] -> [B,1,D]. Every token still supplies keys and
+    values, but the query, output projection and MLP run for one token instead of T: in the last
+    block this removes ~5/6 of its linear FLOPs (keys+values are 2 of the 12 D^2 per token) and
+    1/2 of its attention FLOPs (``flops.cls_block_flops``), the largest single saving for shallow
+    suffixes (golden search on the bundled model runs 3 blocks per candidate)."""
     if not plain_block(blk):
+        if cls_only:
+            raise PatchRankError(f"{type(blk).__name__} has no CLS-only path")
         return blk(h)
     a = blk.attn
     b, t, d = h.shape
+    heads = a.num_heads
     y = blk.ln_1(h)
-    qkv = F.linear(y, a.in_proj_weight, a.in_proj_bias).view(b, t, 3, a.num_heads, d // a.num_heads)
-    q, k, v = qkv.permute(2, 0, 3, 1, 4)
+    if cls_only:
+        q = F.linear(y[:, :1], a.in_proj_weight[:d], a.in_proj_bias[:d]).view(b, 1, 1, heads, d // heads)
+        kv = F.linear(y, a.in_proj_weight[d:], a.in_proj_bias[d:]).view(b, t, 2, heads, d // heads)
+        q, (k, v), h = q.permute(2, 0, 3, 1, 4)[0], kv.permute(2, 0, 3, 1, 4), h[:, :1]
+    else:
+        qkv = F.linear(y, a.in_proj_weight, a.in_proj_bias).view(b, t, 3, heads, d // heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4)
     o = F.scaled_dot_product_attention(q, k, v, dropout_p=a.dropout if blk.training else 0.0)
-    x = h + blk.ls_1(a.out_proj(o.transpose(1, 2).reshape(b, t, d)))
+    x = h + blk.ls_1(a.out_proj(o.transpose(1, 2).reshape(b, q.shape[2], d)))
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
@@ -71,25 +85,12 @@ def pools_cls_only(visual) -> bool:
             and plain_block(blocks(visual)[-1]))
 
 
-def cls_block(blk, h: torch.Tensor) -> torch.Tensor:
-    """Block ``blk`` evaluated for the CLS output only: [B,T,D] -> [B,1,D].
-
-    Same maths as ``ResidualAttentionBlock.forward`` restricted to query 0: every token still
-    supplies keys and values, but the query, output projection and MLP run for one token instead
-    of T. In the last block this removes ~5/6 of its linear FLOPs (keys+values are 2 of the 12 D^2
-    per token) and 1/2 of its attention FLOPs, the largest single saving for shallow suffixes
-    (golden search on the bundled model runs 3 blocks per candidate)."""
-    y = blk.ln_1(h)
-    x = h[:, :1] + blk.ls_1(blk.attn(y[:, :1], y, y, need_weights=False)[0])
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
-
-
 def run_to_embedding(visual, h: torch.Tensor, start: int) -> torch.Tensor:
     """Blocks ``start..L-1`` then pool + project; the last block runs for CLS only when the
     embedding reads nothing else (``pools_cls_only``)."""
     n = len(blocks(visual))
     if start < n and pools_cls_only(visual):
-        h = cls_block(blocks(visual)[-1], run_blocks(visual, h, start, n - 1))
+        h = run_block(blocks(visual)[-1], run_blocks(visual, h, start, n - 1), cls_only=True)
     else:
         h = run_blocks(visual, h, start)
     return head(visual, h)
@@ -147,7 +148,7 @@ def run_suffix(visual, h: torch.Tensor, k: int, extra: torch.Tensor | None = Non
     for i, blk in enumerate(blocks(visual)[k:]):
         if deep and i > 0:
             h = torch.cat([h[:, :n], extra[i].to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)], 1)
-        h = cls_block(blk, h) if cls_only and k + i == last else run_block(blk, h)
+        h = run_block(blk, h, cls_only=cls_only and k + i == last)
     return head(visual, h[:, :n])
 
 

@@ -65,7 +65,7 @@ def test_pruned_equals_reference_loop(tiny, k):
 
 @pytest.mark.parametrize("pool", ["tok", "avg"])
 def test_last_block_runs_for_cls_only_when_only_cls_is_pooled(pool):
-    """The CLS-only final block (``forward.cls_block``) is taken exactly when it is exact."""
+    """The CLS-only final block (``forward.run_block(..., cls_only=True)``) is taken exactly when it is exact."""
     from tests.conftest import tiny_vit
     m = tiny_vit(prune_layer=2, pool_type=pool)
     assert forward.pools_cls_only(m.visual) == (pool == "tok")

@@ -56,3 +56,13 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     path.write_text(json.dumps(bad))
     with pytest.raises(SystemExit, match="other settings"):
         T.train(tmp_path / "a", **kw)
+
+
+def test_shipped_continuation_config_extends_the_shipped_run():
+    """configs/bundled_clip_continue.json (MODEL_CARD: going further) resumes the shipped run."""
+    shipped = T.load_config()
+    more = T.load_config(T.CONFIG_PATH.with_name("bundled_clip_continue.json"))
+    assert more["model_cfg"] == shipped["model_cfg"]
+    done = T.total_steps(shipped["train"])
+    assert T.resumable(shipped["train"], more["train"], done)
+    assert T.total_steps(more["train"]) > done
