@@ -1,4 +1,4 @@
-"""train-clip: the schedule, resuming into a longer schedule, and determinism by seed."""
+"""train-clip: the schedule, patch dropout, the contrastive targets, resuming, determinism by seed."""
 import json
 
 import pytest
@@ -11,6 +11,7 @@ ONE = {"batch": 8, "steps": 4, "lr": 1e-3, "warmup": 2, "lr_floor": 1e-5, "weigh
        "grad_clip": 1.0, "seed": 0}
 TWO = {k: v for k, v in ONE.items() if k not in ("steps", "lr", "warmup")}
 TWO["cycles"] = [{"steps": 4, "lr": 1e-3, "warmup": 2}, {"steps": 3, "lr": 5e-4, "warmup": 1}]
+MASKED = dict(TWO, patch_dropout=0.5, unmasked_tail=2)
 
 
 def test_schedule_warms_up_decays_and_restarts():
@@ -40,7 +41,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
                                         "head_width": 16, "mlp_ratio": 2.0},
                          "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32,
                                       "heads": 2, "layers": 1}},
-           "prune_layer": 0, "train": TWO}
+           "prune_layer": 0, "train": MASKED}
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps(cfg))
     kw = dict(threads=1, eval_every=1000, eval_n=8, config_path=path, progress=False)
@@ -52,17 +53,54 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     assert a["step"] == b["step"] == 7
     for k in b["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
-    bad = dict(cfg, train=dict(TWO, batch=4))
+    bad = dict(cfg, train=dict(MASKED, batch=4))
     path.write_text(json.dumps(bad))
     with pytest.raises(SystemExit, match="other settings"):
         T.train(tmp_path / "a", **kw)
 
 
-def test_shipped_continuation_config_extends_the_shipped_run():
-    """configs/bundled_clip_continue.json (MODEL_CARD: going further) resumes the shipped run."""
-    shipped = T.load_config()
-    more = T.load_config(T.CONFIG_PATH.with_name("bundled_clip_continue.json"))
-    assert more["model_cfg"] == shipped["model_cfg"]
-    done = T.total_steps(shipped["train"])
-    assert T.resumable(shipped["train"], more["train"], done)
-    assert T.total_steps(more["train"]) > done
+def test_patch_dropout_until_the_unmasked_tail():
+    assert [T.patch_dropout(s, MASKED) for s in range(8)] == [0.5] * 5 + [0.0] * 3
+    assert [T.patch_dropout(s, TWO) for s in range(7)] == [0.0] * 7
+    everywhere = dict(TWO, patch_dropout=0.25)
+    assert [T.patch_dropout(s, everywhere) for s in range(7)] == [0.25] * 7
+
+
+def test_resuming_must_not_move_the_unmasked_tail_under_finished_steps():
+    one = dict(ONE, patch_dropout=0.5, unmasked_tail=2)          # steps 2, 3 unmasked
+    two = dict(MASKED)                                           # steps 5, 6 unmasked
+    assert T.resumable(one, two, 2)        # nothing unmasked yet: the tail may still move
+    assert not T.resumable(one, two, 4)    # steps 2, 3 ran unmasked; the longer run masks them
+    assert not T.resumable(ONE, two, 2)    # patch dropout itself changed
+
+
+def test_caption_colour_for_every_template():
+    from patchrank.data import scenes as S
+    for template in S.TEMPLATES:
+        for k, colour in enumerate(S.COLOUR_NAMES):
+            caption = template.format(c="pair of trousers", k=colour)
+            assert T.caption_colour(caption) == (k if "{k}" in template else -1), caption
+
+
+def test_colourless_captions_are_positives_for_every_item_of_their_class():
+    from types import SimpleNamespace as Scene
+    scenes = [Scene(label=0, colour=0, caption="a red top."),
+              Scene(label=0, colour=1, caption="a photo of a top."),
+              Scene(label=0, colour=2, caption="a yellow top."),
+              Scene(label=1, colour=0, caption="a photo of a bag.")]
+    pos = T.positives(scenes)
+    assert pos.tolist() == [[True, True, False, False],   # a red top: its own caption, "a top"
+                            [False, True, False, False],  # an orange top: "a red top" is false
+                            [False, True, True, False],
+                            [False, False, False, True]]  # a bag: nothing about tops is true
+    img, txt = torch.randn(4, 8), torch.randn(4, 8)
+    loss = T.contrastive_loss(img, txt, torch.tensor(10.0), pos)
+    # the same loss written out: mean over rows of -sum_j target_ij log softmax_ij, both ways
+    logits = 10 * torch.nn.functional.normalize(img, dim=-1) @ torch.nn.functional.normalize(txt, dim=-1).T
+    p = pos.float()
+    i2t = -(p / p.sum(1, keepdim=True) * logits.log_softmax(1)).sum(1).mean()
+    t2i = -(p.T / p.T.sum(1, keepdim=True) * logits.T.log_softmax(1)).sum(1).mean()
+    assert torch.allclose(loss, (i2t + t2i) / 2)
+    assert torch.allclose(T.contrastive_loss(img, txt, torch.tensor(10.0), torch.eye(4, dtype=torch.bool)),
+                          (torch.nn.functional.cross_entropy(logits, torch.arange(4))
+                           + torch.nn.functional.cross_entropy(logits.T, torch.arange(4))) / 2)
