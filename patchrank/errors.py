@@ -1,4 +1,5 @@
 """PatchRank's exceptions: every user-facing failure says what went wrong and how to fix it."""
+from __future__ import annotations
 
 
 class PatchRankError(ValueError):
@@ -11,3 +12,18 @@ class WeightsUnavailable(PatchRankError):
 
 class ModelMismatch(PatchRankError):
     """A predictor / token file was made for another model."""
+
+
+def check_made_for(what: str, model_id: str | None, prune_layer: int | None, m, command: str) -> None:
+    """The checks a predictor and a token file share: made for ``m`` and its prune layer.
+
+    ``what`` names the file in the message ("this predictor", "these tokens"); ``command`` is
+    the CLI command that makes one for another model."""
+    if model_id is not None and m.model_id != model_id:
+        raise ModelMismatch(f"{what} {'was' if what.startswith('this') else 'were'} trained for "
+                            f"model {model_id!r}, not {m.model_id!r}; make one for it with "
+                            f"`python -m patchrank {command} --model ...` or load the matching model")
+    if prune_layer is not None and m.prune_layer != prune_layer:
+        raise ModelMismatch(f"{what} {'was' if what.startswith('this') else 'were'} made for pruning "
+                            f"at block {prune_layer} but model {m.model_id!r} prunes at block "
+                            f"{m.prune_layer}; set m.prune_layer = {prune_layer}")

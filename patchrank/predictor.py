@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from . import metrics as M
 from . import rankers
-from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
+from .errors import ModelMismatch, PatchRankError, WeightsUnavailable, check_made_for
 
 FORMAT = "patchrank-predictor"
 FORMAT_VERSION = 1
@@ -90,17 +90,10 @@ class Predictor(nn.Module):
     # -- ranker protocol ----------------------------------------------------------------------
     def check_model(self, m) -> None:
         """Refuse a model other than the one this predictor was trained for."""
-        if self.model_id is not None and m.model_id != self.model_id:
-            raise ModelMismatch(f"this predictor was trained for model {self.model_id!r}, not "
-                                f"{m.model_id!r}; train one for it with `python -m patchrank "
-                                "train-predictor --model ...` or load the matching model")
+        check_made_for("this predictor", self.model_id, self.prune_layer, m, "train-predictor")
         if (m.width, m.num_patches) != (self.width, self.num_patches):
             raise ModelMismatch(f"this predictor reads {self.num_patches} patches of width "
                                 f"{self.width}; model {m.model_id!r} has {m.num_patches} of width {m.width}")
-        if self.prune_layer is not None and m.prune_layer != self.prune_layer:
-            raise ModelMismatch(f"this predictor reads the input of block {self.prune_layer} but "
-                                f"model {m.model_id!r} prunes at block {m.prune_layer}; set "
-                                f"m.prune_layer = {self.prune_layer}")
 
     def scores(self, m, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         # No dropout or batch norm: train and eval modes compute the same, so no mode switching

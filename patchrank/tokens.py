@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import forward, rankers
-from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
+from .errors import ModelMismatch, PatchRankError, WeightsUnavailable, check_made_for
 from .zeroshot import ZeroShotClassifier, clean_classnames
 
 FORMAT = "patchrank-tokens"
@@ -212,17 +212,10 @@ class LearnableTokens(nn.Module):
     # -- model check --------------------------------------------------------------------------
     def check_model(self, m) -> None:
         """Refuse a model other than the one these tokens were trained for."""
-        if self.model_id is not None and m.model_id != self.model_id:
-            raise ModelMismatch(f"these tokens were trained for model {self.model_id!r}, not "
-                                f"{m.model_id!r}; train tokens for it with `python -m patchrank "
-                                "tune-tokens --model ...` or load the matching model")
+        check_made_for("these tokens", self.model_id, self.prune_layer, m, "tune-tokens")
         if m.width != self.width:
             raise ModelMismatch(f"these tokens have width {self.width}; model {m.model_id!r} has "
                                 f"width {m.width}")
-        if self.prune_layer is not None and m.prune_layer != self.prune_layer:
-            raise ModelMismatch(f"these tokens are appended at block {self.prune_layer} but model "
-                                f"{m.model_id!r} prunes at block {m.prune_layer}; set "
-                                f"m.prune_layer = {self.prune_layer}")
         if self.deep and self.depth != m.num_layers - m.prune_layer:
             raise ModelMismatch(f"these deep tokens cover {self.depth} blocks; model {m.model_id!r} "
                                 f"has {m.num_layers - m.prune_layer} blocks from the prune layer on")
