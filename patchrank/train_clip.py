@@ -74,13 +74,6 @@ class _Batches(torch.utils.data.Dataset):
         return step, torch.from_numpy(x), tokens, positives(scenes)
 
 
-def caption_colour(caption: str) -> int:
-    """Index of the colour a caption names, or -1 for a colourless one ("a photo of a bag.")."""
-    words = caption.rstrip(".").split()
-    named = [i for i, k in enumerate(S.COLOUR_NAMES) if k in words]
-    return named[0] if named else -1
-
-
 def positives(scenes) -> torch.Tensor:
     """[B_img, B_txt] bool: caption j is true of image i (same class; same colour if it names one).
 
@@ -89,8 +82,8 @@ def positives(scenes) -> torch.Tensor:
     zero-shot prompt, so the wrong targets would blur the very text embedding we evaluate with."""
     label = torch.tensor([s.label for s in scenes])
     colour = torch.tensor([s.colour for s in scenes])
-    named = torch.tensor([caption_colour(s.caption) for s in scenes])
-    return (label[:, None] == label[None, :]) & ((named[None, :] < 0) | (colour[:, None] == named[None, :]))
+    named = torch.tensor([s.names_colour for s in scenes])
+    return (label[:, None] == label[None, :]) & (~named[None, :] | (colour[:, None] == colour[None, :]))
 
 
 def all_captions() -> list[str]:

@@ -74,20 +74,25 @@ def test_resuming_must_not_move_the_unmasked_tail_under_finished_steps():
     assert not T.resumable(ONE, two, 2)    # patch dropout itself changed
 
 
-def test_caption_colour_for_every_template():
+@needs_fmnist
+def test_scenes_say_whether_their_caption_names_the_colour():
     from patchrank.data import scenes as S
-    for template in S.TEMPLATES:
-        for k, colour in enumerate(S.COLOUR_NAMES):
-            caption = template.format(c="pair of trousers", k=colour)
-            assert T.caption_colour(caption) == (k if "{k}" in template else -1), caption
+    gen = S.SceneGenerator("train", seed=0)
+    seen = set()
+    for sc in gen.batch(range(60)):
+        named = [k for k in S.COLOUR_NAMES if k in sc.caption.rstrip(".").split()]
+        assert sc.names_colour == bool(named), sc.caption
+        assert named in ([], [S.COLOUR_NAMES[sc.colour]]), sc.caption
+        seen.add(sc.names_colour)
+    assert seen == {True, False}
 
 
 def test_colourless_captions_are_positives_for_every_item_of_their_class():
     from types import SimpleNamespace as Scene
-    scenes = [Scene(label=0, colour=0, caption="a red top."),
-              Scene(label=0, colour=1, caption="a photo of a top."),
-              Scene(label=0, colour=2, caption="a yellow top."),
-              Scene(label=1, colour=0, caption="a photo of a bag.")]
+    scenes = [Scene(label=0, colour=0, names_colour=True),     # a red top: "a red top."
+              Scene(label=0, colour=1, names_colour=False),    # an orange top: "a photo of a top."
+              Scene(label=0, colour=2, names_colour=True),     # a yellow top: "a yellow top."
+              Scene(label=1, colour=0, names_colour=False)]    # a red bag: "a photo of a bag."
     pos = T.positives(scenes)
     assert pos.tolist() == [[True, True, False, False],   # a red top: its own caption, "a top"
                             [False, True, False, False],  # an orange top: "a red top" is false

@@ -73,6 +73,7 @@ class Scene:
     caption: str
     mask: np.ndarray       # [112,112] bool, target pixels (alpha > 0.5)
     coverage: np.ndarray   # [196] float32, fraction of each patch covered by the target
+    names_colour: bool     # the caption names the colour ("a red bag.") or not ("a photo of a bag.")
 
 
 def load_items(split: str = "train") -> tuple[np.ndarray, np.ndarray]:
@@ -181,4 +182,4 @@ class SceneGenerator:
         template = TEMPLATES[int(rng.integers(len(TEMPLATES)))]
         caption = template.format(c=CLASSNAMES[label], k=COLOUR_NAMES[colour])
         coverage = mask.reshape(GRID, PATCH, GRID, PATCH).mean((1, 3)).reshape(-1).astype(np.float32)
-        return Scene(image, jpeg, label, colour, caption, mask, coverage)
+        return Scene(image, jpeg, label, colour, caption, mask, coverage, "{k}" in template)
