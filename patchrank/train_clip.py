@@ -6,7 +6,9 @@ of an image is a positive for it: same class, and same colour unless the caption
 class-balanced scenes generated on the fly and deterministic by (seed, step), AdamW in float32,
 warm-up then cosine to a floor, and FLIP-style patch dropout (Li et al. 2023, "Scaling
 Language-Image Pre-training via Masking": drop a random half of the patch tokens while training,
-~2x cheaper steps for nearly the same accuracy per sample) with an unmasked tail at the end.
+~2x cheaper steps for nearly the same accuracy per sample) with an unmasked tail, then a
+short second cycle that drops a random 0-90 % per step, so the model also decides from the few
+dozen tokens that pruning at low keep ratios leaves it (each cycle: ``schedule``, ``patch_dropout``).
 Precision: float32 throughout. The brief expected AMX (bf16 working weights ~6x faster), but the
 machines this project actually runs on are AMD EPYC (Zen 3, AVX2 only: no AMX, no avx512_bf16),
 where a 2048^2 bf16 matmul runs at ~0.3 GFLOP/s against ~130 in fp32 (measured; see README).
@@ -101,17 +103,42 @@ def used_token_ids(tokenizer) -> torch.Tensor:
     return torch.unique(tokenizer(prompts))
 
 
-def schedule(cfg: dict) -> list[dict]:
-    """The learning-rate cycles of a train config, oldest format included.
+_CYCLE_KEYS = ("steps", "lr", "warmup", "patch_dropout", "unmasked_tail")
 
-    A config either names one cycle (``steps``, ``lr``, ``warmup``) or a list ``cycles`` of them:
-    each cycle warms up linearly to its peak and decays by a cosine to ``lr_floor`` (SGDR-style
-    warm restarts, Loshchilov & Hutter 2017). Appending a cycle leaves the schedule of every earlier
-    step unchanged, so a finished run's checkpoint resumes into the longer schedule exactly where a
-    fresh run of it would be."""
+
+def schedule(cfg: dict) -> list[dict]:
+    """The training cycles of a train config, oldest format included.
+
+    A config either names one cycle at its top level (``steps``, ``lr``, ``warmup``, optional
+    ``patch_dropout``, ``unmasked_tail``) or a list ``cycles`` of them. Each cycle warms up
+    linearly to its peak and decays by a cosine to ``lr_floor`` (SGDR-style warm restarts,
+    Loshchilov & Hutter 2017) and drops patches its own way. Appending a cycle leaves every
+    earlier step unchanged, so a finished run's checkpoint resumes into the longer schedule
+    exactly where a fresh run of it would be."""
     if "cycles" in cfg:
-        return [dict(c) for c in cfg["cycles"]]
-    return [{"steps": cfg["steps"], "lr": cfg["lr"], "warmup": cfg["warmup"]}]
+        stray = [k for k in ("patch_dropout", "unmasked_tail") if k in cfg]
+        if stray:
+            raise ValueError(f"with 'cycles', set {stray} inside each cycle, not at the top level")
+        cycles = [{"patch_dropout": 0.0, "unmasked_tail": 0, **c} for c in cfg["cycles"]]
+    else:
+        cycles = [{"steps": cfg["steps"], "lr": cfg["lr"], "warmup": cfg["warmup"],
+                   "patch_dropout": cfg.get("patch_dropout", 0.0),
+                   "unmasked_tail": cfg.get("unmasked_tail", 0)}]
+    for c in cycles:
+        rate = c["patch_dropout"]
+        lo, hi = rate if isinstance(rate, (list, tuple)) else (rate, rate)
+        if not 0 <= lo <= hi < 1:
+            raise ValueError(f"patch_dropout must be a rate or a [lo, hi] range in [0, 1), got {rate}")
+    return cycles
+
+
+def _cycle_at(step: int, cfg: dict) -> tuple[dict | None, int]:
+    """The cycle that ``step`` falls in and the step's index inside it (None past the end)."""
+    for c in schedule(cfg):
+        if step < c["steps"]:
+            return c, step
+        step -= c["steps"]
+    return None, step
 
 
 def total_steps(cfg: dict) -> int:
@@ -120,25 +147,22 @@ def total_steps(cfg: dict) -> int:
 
 def _lr(step: int, cfg: dict) -> float:
     floor = cfg["lr_floor"]
-    for c in schedule(cfg):
-        if step < c["steps"]:
-            warm, total, peak = c["warmup"], c["steps"], c["lr"]
-            if step < warm:
-                return peak * (step + 1) / warm
-            t = (step - warm) / max(1, total - warm)
-            return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(t, 1.0)))
-        step -= c["steps"]
-    return floor
+    c, step = _cycle_at(step, cfg)
+    if c is None:
+        return floor
+    warm, total, peak = c["warmup"], c["steps"], c["lr"]
+    if step < warm:
+        return peak * (step + 1) / warm
+    t = (step - warm) / max(1, total - warm)
+    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
 def resumable(saved: dict, cfg: dict, step: int) -> bool:
     """Whether a checkpoint at ``step`` made with ``saved`` settings continues under ``cfg``:
-    every setting but the schedule equal, and the learning rate and patch dropout identical for
-    all steps before it (the unmasked tail moves when a cycle is appended)."""
-    rest = lambda d: {k: v for k, v in d.items() if k not in ("cycles", "steps", "lr", "warmup")}
+    every setting outside the cycles equal, and every cycle that had begun by ``step`` identical
+    (so learning rate and patch dropout agree for all finished steps; later cycles may change)."""
+    rest = lambda d: {k: v for k, v in d.items() if k not in ("cycles",) + _CYCLE_KEYS}
     if rest(saved) != rest(cfg):
-        return False
-    if min(_first_unmasked(saved), step) != min(_first_unmasked(cfg), step):
         return False
     done, new = 0, schedule(cfg)
     for i, c in enumerate(schedule(saved)):
@@ -165,18 +189,20 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
                   + torch.sum(-t2i * logits.T.log_softmax(1), 1).mean())
 
 
-def _first_unmasked(cfg: dict) -> float:
-    """First step trained without patch dropout (inf when the whole run is masked)."""
-    if not cfg.get("patch_dropout", 0.0):
-        return 0
-    tail = cfg.get("unmasked_tail", 0)
-    return total_steps(cfg) - tail if tail else math.inf
-
-
 def patch_dropout(step: int, cfg: dict) -> float:
-    """Fraction of patch tokens dropped at ``step``: ``patch_dropout`` until the last
-    ``unmasked_tail`` steps, then 0 (FLIP's unmasked tuning closes the train/test gap)."""
-    return 0.0 if step >= _first_unmasked(cfg) else cfg.get("patch_dropout", 0.0)
+    """Fraction of patch tokens dropped at ``step``, from the step's cycle: ``patch_dropout``
+    (a number, or ``[lo, hi]`` for a rate drawn uniformly per step, seeded by (seed, step)) until
+    the cycle's last ``unmasked_tail`` steps, then 0 (FLIP's unmasked tuning closes the train/test
+    gap). A range up to 0.9 teaches the model to decide from a few dozen tokens, which is what a
+    pruned forward at low keep ratios gives it."""
+    c, i = _cycle_at(step, cfg)
+    if c is None or not c["patch_dropout"] or i >= c["steps"] - c["unmasked_tail"]:
+        return 0.0
+    rate = c["patch_dropout"]
+    if isinstance(rate, (list, tuple)):
+        lo, hi = rate
+        return float(np.random.default_rng([cfg["seed"], step]).uniform(lo, hi))
+    return float(rate)
 
 
 @torch.inference_mode()

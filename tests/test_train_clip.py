@@ -11,7 +11,8 @@ ONE = {"batch": 8, "steps": 4, "lr": 1e-3, "warmup": 2, "lr_floor": 1e-5, "weigh
        "grad_clip": 1.0, "seed": 0}
 TWO = {k: v for k, v in ONE.items() if k not in ("steps", "lr", "warmup")}
 TWO["cycles"] = [{"steps": 4, "lr": 1e-3, "warmup": 2}, {"steps": 3, "lr": 5e-4, "warmup": 1}]
-MASKED = dict(TWO, patch_dropout=0.5, unmasked_tail=2)
+MASKED = dict(TWO, cycles=[dict(TWO["cycles"][0], patch_dropout=0.5, unmasked_tail=1),
+                           dict(TWO["cycles"][1], patch_dropout=[0.5, 0.9], unmasked_tail=1)])
 
 
 def test_schedule_warms_up_decays_and_restarts():
@@ -59,19 +60,32 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         T.train(tmp_path / "a", **kw)
 
 
-def test_patch_dropout_until_the_unmasked_tail():
-    assert [T.patch_dropout(s, MASKED) for s in range(8)] == [0.5] * 5 + [0.0] * 3
+def test_patch_dropout_per_cycle_until_its_unmasked_tail():
+    rates = [T.patch_dropout(s, MASKED) for s in range(8)]
+    assert rates[:4] == [0.5, 0.5, 0.5, 0.0]                      # cycle 1: fixed rate, then its tail
+    assert rates[6:] == [0.0, 0.0]                                # cycle 2's tail; past the end
+    assert 0.5 <= rates[4] < 0.9 and 0.5 <= rates[5] < 0.9 and rates[4] != rates[5]   # drawn per step
+    assert rates == [T.patch_dropout(s, MASKED) for s in range(8)]   # ...seeded by (seed, step)
+    assert rates[4:6] != [T.patch_dropout(s, dict(MASKED, seed=1)) for s in (4, 5)]
     assert [T.patch_dropout(s, TWO) for s in range(7)] == [0.0] * 7
-    everywhere = dict(TWO, patch_dropout=0.25)
-    assert [T.patch_dropout(s, everywhere) for s in range(7)] == [0.25] * 7
+    one = dict(ONE, patch_dropout=0.25, unmasked_tail=1)          # the one-cycle (top-level) format
+    assert [T.patch_dropout(s, one) for s in range(5)] == [0.25] * 3 + [0.0] * 2
+    with pytest.raises(ValueError, match="inside each cycle"):
+        T.schedule(dict(TWO, patch_dropout=0.5))                   # would be silently ignored
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        T.schedule(dict(ONE, patch_dropout=[0.5, 1.0]))            # nothing left to encode
+    with pytest.raises(ValueError, match=r"in \[0, 1\)"):
+        T.schedule(dict(ONE, patch_dropout=[0.6, 0.5]))
 
 
-def test_resuming_must_not_move_the_unmasked_tail_under_finished_steps():
-    one = dict(ONE, patch_dropout=0.5, unmasked_tail=2)          # steps 2, 3 unmasked
-    two = dict(MASKED)                                           # steps 5, 6 unmasked
-    assert T.resumable(one, two, 2)        # nothing unmasked yet: the tail may still move
-    assert not T.resumable(one, two, 4)    # steps 2, 3 ran unmasked; the longer run masks them
-    assert not T.resumable(ONE, two, 2)    # patch dropout itself changed
+def test_resuming_must_not_change_a_cycle_that_has_begun():
+    one = dict(ONE, patch_dropout=0.5, unmasked_tail=2)
+    longer = dict(TWO, cycles=[dict(TWO["cycles"][0], patch_dropout=0.5, unmasked_tail=2),
+                               dict(TWO["cycles"][1], patch_dropout=[0.5, 0.9])])
+    assert T.resumable(one, longer, 4)     # the finished one-cycle run goes on into a new cycle
+    moved = dict(longer, cycles=[dict(longer["cycles"][0], unmasked_tail=1), longer["cycles"][1]])
+    assert not T.resumable(one, moved, 2)  # its tail moved under a cycle already running
+    assert not T.resumable(ONE, longer, 2)  # patch dropout itself changed
 
 
 @needs_fmnist
