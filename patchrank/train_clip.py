@@ -238,6 +238,10 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     tcfg = dict(cfg["train"])
     if seed is not None:
         tcfg["seed"] = seed
+    try:
+        schedule(tcfg)             # a bad cycle stops the run here, before anything is built
+    except (KeyError, ValueError) as e:
+        raise SystemExit(f"{config_path}: bad train schedule: {e}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"

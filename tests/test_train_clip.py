@@ -78,6 +78,15 @@ def test_patch_dropout_per_cycle_until_its_unmasked_tail():
         T.schedule(dict(ONE, patch_dropout=[0.6, 0.5]))
 
 
+def test_a_bad_schedule_stops_the_run_before_it_starts(tmp_path):
+    path = tmp_path / "cfg.json"
+    path.write_text(json.dumps({"model_cfg": {}, "prune_layer": 0,
+                                "train": dict(ONE, patch_dropout=[0.5, 1.0])}))
+    with pytest.raises(SystemExit, match=r"bad train schedule: patch_dropout must be"):
+        T.train(tmp_path / "run", config_path=path, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_resuming_must_not_change_a_cycle_that_has_begun():
     one = dict(ONE, patch_dropout=0.5, unmasked_tail=2)
     longer = dict(TWO, cycles=[dict(TWO["cycles"][0], patch_dropout=0.5, unmasked_tail=2),
