@@ -119,12 +119,16 @@ def schedule(cfg: dict) -> list[dict]:
         stray = [k for k in ("patch_dropout", "unmasked_tail") if k in cfg]
         if stray:
             raise ValueError(f"with 'cycles', set {stray} inside each cycle, not at the top level")
-        cycles = [{"patch_dropout": 0.0, "unmasked_tail": 0, **c} for c in cfg["cycles"]]
+        given = cfg["cycles"]
     else:
-        cycles = [{"steps": cfg["steps"], "lr": cfg["lr"], "warmup": cfg["warmup"],
-                   "patch_dropout": cfg.get("patch_dropout", 0.0),
-                   "unmasked_tail": cfg.get("unmasked_tail", 0)}]
+        given = [{k: cfg[k] for k in _CYCLE_KEYS if k in cfg}]
+    cycles = [{"patch_dropout": 0.0, "unmasked_tail": 0, **c} for c in given]
     for c in cycles:
+        missing = [k for k in ("steps", "lr", "warmup") if k not in c]
+        if missing:
+            raise ValueError(f"a training cycle needs {missing}")
+        if not 0 <= c["unmasked_tail"] <= c["steps"] or c["steps"] < 1:
+            raise ValueError(f"a cycle needs steps >= 1 and 0 <= unmasked_tail <= steps, got {c}")
         rate = c["patch_dropout"]
         lo, hi = rate if isinstance(rate, (list, tuple)) else (rate, rate)
         if not 0 <= lo <= hi < 1:
@@ -240,7 +244,7 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
         tcfg["seed"] = seed
     try:
         schedule(tcfg)             # a bad cycle stops the run here, before anything is built
-    except (KeyError, ValueError) as e:
+    except ValueError as e:
         raise SystemExit(f"{config_path}: bad train schedule: {e}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -76,6 +76,10 @@ def test_patch_dropout_per_cycle_until_its_unmasked_tail():
         T.schedule(dict(ONE, patch_dropout=[0.5, 1.0]))            # nothing left to encode
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
         T.schedule(dict(ONE, patch_dropout=[0.6, 0.5]))
+    with pytest.raises(ValueError, match=r"needs \['lr'\]"):
+        T.schedule(dict(TWO, cycles=[{"steps": 4, "warmup": 2}]))   # would fail mid-run
+    with pytest.raises(ValueError, match="unmasked_tail <= steps"):
+        T.schedule(dict(ONE, unmasked_tail=5))
 
 
 def test_a_bad_schedule_stops_the_run_before_it_starts(tmp_path):
