@@ -38,6 +38,12 @@ class ZeroShotClassifier:
     def probs(self, emb: torch.Tensor) -> torch.Tensor:
         return self.logits(emb).softmax(-1)
 
+    def log_probs(self, emb: torch.Tensor) -> torch.Tensor:
+        """log p(c | x) [B,C] in float64: the golden search compares log-probabilities of
+        variants that differ by far less than float32 resolves near p = 1."""
+        unit = F.normalize(emb.double(), dim=-1)
+        return (self.logit_scale * unit @ self.text.double().T).log_softmax(-1)
+
     def predict(self, emb: torch.Tensor) -> torch.Tensor:
         return self.logits(emb).argmax(-1)
 

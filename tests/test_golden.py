@@ -27,9 +27,10 @@ def brute_force(m, x, score="similarity", labels=None, step=10, block=1, stop_at
     """Greedy backward elimination, one candidate at a time, each through forward.encode.
 
     Returns (orders, removed_at) as lists of lists. Conventions under test: candidates are the
-    present patches of each block x block cell; the `step` candidates with the highest score go
+    present patches of each block x block cell; the `step` candidates with the lowest harm go
     (ties: larger smallest-patch-id first), never going below the target (a cell is then split,
-    larger ids first); survivors ordered by their last score ascending (ties: smaller id first)."""
+    larger ids first); survivors ordered by their last harm descending (ties: smaller id first).
+    Harms: 1/2 |u - v|^2 of unit embeddings, -log p(label), -log max_c p(c), in float64."""
     rows, cols = m.grid
     num = rows * cols
     k = m.prune_layer
@@ -43,9 +44,11 @@ def brute_force(m, x, score="similarity", labels=None, step=10, block=1, stop_at
         def score_of(keep):
             emb = forward.encode(m.visual, xb, k, keep=torch.tensor([keep]))
             if score == "similarity":
-                return F.cosine_similarity(emb, full).item()
-            probs = clf.probs(emb)[0]
-            return probs[labels[b]].item() if score == "label" else probs.max().item()
+                u, v = F.normalize(full.double(), dim=-1), F.normalize(emb.double(), dim=-1)
+                return (0.5 * ((u - v) ** 2).sum()).item()
+            logits = clf.logit_scale * F.normalize(emb.double(), dim=-1) @ clf.text.double().T
+            logp = torch.log_softmax(logits, dim=-1)[0]
+            return -(logp[labels[b]].item() if score == "label" else logp.max().item())
 
         present = list(range(num))
         removed, removed_at, last = [], [0] * num, {}
@@ -66,7 +69,7 @@ def brute_force(m, x, score="similarity", labels=None, step=10, block=1, stop_at
             if len(present) <= target:
                 break                       # only reached when no round ran (stop_at = 1.0)
             rnd += 1
-            scored.sort(key=lambda t: (t[0], t[1]), reverse=True)
+            scored.sort(key=lambda t: (-t[0], t[1]), reverse=True)
             budget = len(present) - target
             for _, _, cand in scored[:step]:
                 for p in sorted(cand, reverse=True):
@@ -79,7 +82,7 @@ def brute_force(m, x, score="similarity", labels=None, step=10, block=1, stop_at
                 break
         for p in present:
             removed_at[p] = rnd + 1
-        orders.append(sorted(present, key=lambda p: (last[p], p)) + removed[::-1])
+        orders.append(sorted(present, key=lambda p: (-last[p], p)) + removed[::-1])
         removed_ats.append(removed_at)
     return orders, removed_ats
 
@@ -158,7 +161,7 @@ def test_oneshot_is_loo_order():
     r = golden_ranking(m, x, mode="oneshot")
     s = r.scores[0]                                         # the single LOO round
     assert len(r.scores) == 1 and not torch.isnan(s).any()
-    assert torch.equal(r.order, torch.sort(s, dim=1, stable=True).indices)
+    assert torch.equal(r.order, torch.sort(s, dim=1, descending=True, stable=True).indices)
     b2 = golden_ranking(m, x, mode="oneshot", block=2, stop_at=0.5)
     assert b2.variants.tolist() == [1 + 4, 1 + 4]         # full + 4 cells of a 4x4 grid
     assert (b2.removed_at == 2).sum(1).tolist() == [8, 8]
@@ -180,8 +183,8 @@ def test_lazy_and_c2f_are_valid_and_cheaper():
 
 @pytest.mark.parametrize("step, block", [(1, 1), (2, 1), (1, 2)])
 def test_lazy_is_exact_when_scores_never_rise(monkeypatch, step, block):
-    """A synthetic objective whose scores only fall as patches go (harm grows with the number
-    removed): lazy re-scoring must pick exactly what plain greedy picks, with fewer evaluations."""
+    """A synthetic objective whose harms only grow as patches go: lazy re-scoring must pick
+    exactly what plain greedy picks, with fewer evaluations."""
     from patchrank import golden
     m, x = _model(5)
     w = torch.rand(m.num_patches, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
@@ -190,7 +193,7 @@ def test_lazy_is_exact_when_scores_never_rise(monkeypatch, step, block):
     def fake(self, removals, present):
         gone = m.num_patches - int(present.sum())
         calls.append(len(removals))
-        return torch.stack([-(w[r].sum() * (1 + 0.05 * gone)) for r in removals])
+        return torch.stack([w[r].sum() * (1 + 0.05 * gone) for r in removals])
 
     monkeypatch.setattr(golden._Scorer, "score_sets", fake)
     plain = golden_ranking(m, x[:1], step=step, block=block, stop_at=0.3)
