@@ -42,7 +42,7 @@ DEFAULT_REAL_LABELS = (
     "retina", "food", "book",
 )
 #: Rankers the app knows how to name; any other registered ranker is listed too.
-BUILTIN_ORDERED = ("golden", "predictor", "attention", "norm", "random", "tome")
+BUILTIN_ORDERED = ("golden", "predictor", "attention", "norm", "norm-low", "random", "tome")
 GOLDEN_MODES = {"exact": "exact leave-one-out search",
                 "fast": "fast approximate (2x2 cells)"}
 
@@ -188,17 +188,33 @@ def bundled_tokens(m: pr.PatchModel) -> tuple[Any | None, str]:
     return _shipped(_TOKENS, m, lambda m: load_tokens(model=m), "learnable tokens")
 
 
-def golden_order(m: pr.PatchModel, x: torch.Tensor, mode: str,
-                 progress: Callable[[float, str], None] | None = None) -> np.ndarray:
-    """Golden ranking (label-free similarity score) of one image: order [P], best first."""
+def _golden_kwargs(m: pr.PatchModel, mode: str) -> dict:
+    """The app's golden search: the default (label-free) settings, or one-shot on 2x2 cells."""
     kwargs: dict = dict(golden.DEFAULT_SETTINGS)
     kwargs["score"] = "similarity"          # label free: the app's labels don't change the ranking
     if mode == "fast":                      # one-shot on 2x2 cells: 4x fewer variants than the default
         rows, cols = m.grid
         even = rows % 2 == 0 and cols % 2 == 0
         kwargs.update(mode="oneshot", block=2 if even else 1)
+    return kwargs
+
+
+def golden_order(m: pr.PatchModel, x: torch.Tensor, mode: str,
+                 progress: Callable[[float, str], None] | None = None) -> np.ndarray:
+    """Golden ranking (label-free similarity score) of one image: order [P], best first."""
     with torch.inference_mode():
-        return _order(golden.golden_ranking(m, x, progress=progress, **kwargs).order)
+        return _order(golden.golden_ranking(m, x, progress=progress, **_golden_kwargs(m, mode)).order)
+
+
+def ranker_gflops(m: pr.PatchModel, name: str, golden_mode: str,
+                  pred: PredictorInfo | None = None) -> float | None:
+    """GFLOPs per image a ranker spends choosing patches (the golden search included), as the
+    sweep counts them (``rankers.ranker_gflops``); None if unknown."""
+    if name == "golden":
+        return golden.search_gflops(m, golden.golden_settings(m, **_golden_kwargs(m, golden_mode)))
+    if name == "predictor":
+        return None if pred is None else float(pred.predictor.gflops(m))
+    return rankers.ranker_gflops(m, name)
 
 
 def ranker_order(m: pr.PatchModel, x: torch.Tensor, name: str, pred: PredictorInfo | None = None) -> np.ndarray:

@@ -85,6 +85,7 @@ class Analysis:
     taus: dict = field(default_factory=dict)         # (left, right) -> Kendall tau
     prefix: torch.Tensor | None = None               # tokens entering the prune layer (merging)
     groups: dict = field(default_factory=dict)       # kept count -> ToMe group per patch
+    ranker_gflops: dict = field(default_factory=dict)  # ranker -> GFLOPs of choosing (None: unknown)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     @functools.cached_property
@@ -190,6 +191,8 @@ def _compute_analysis(key, model_key, m, img, x, golden_mode, pred, pred_why, no
         missing["golden"] = "the engine has no golden ranking"
     a = Analysis(key, model_key, m, view, x, orders, mergers, missing, full, golden_mode,
                  pred.source if pred else None, seconds, notes, name)
+    a.ranker_gflops = {n: engine.ranker_gflops(m, n, golden_mode, pred)
+                       for n in RANKER_VALUES if n not in missing or n == "golden"}
     if "tome" in mergers:
         a.prefix = engine.prefix(m, x)
     return a
@@ -426,6 +429,11 @@ def prune(ratio: float, left: str, right: str, labels: Any, use_tokens: bool = F
     lat_p, lat_f = engine.time_forward(m, a.x, None if timed is None else a.orders[timed][:k], tokens=tokens)
     extra = tokens.num_visual if tokens is not None else 0
     g_p, g_f = float(pr.flops(m, keep=k, extra_tokens=extra)), float(pr.flops(m))
+    costs = []
+    for name in dict.fromkeys((left, right)):
+        g = a.ranker_gflops.get(name)
+        costs.append(f"{plots.display_name(name)} {'unknown' if g is None else format(g_p + g, '.3g')}"
+                     + (" (its search)" if name == "golden" else ""))
     top = names[int(np.argmax(full))]
     flips = []
     for name, d in zip((left, right), out[1:]):
@@ -435,8 +443,9 @@ def prune(ratio: float, left: str, right: str, labels: Any, use_tokens: bool = F
                          + (" (same as full)" if p_top == top else " (**changed**)"))
     md = (f"**Kept tokens** {k} of {a.num_patches} patches (+ CLS"
           + (f" + {extra} learnable" if extra else "") + f") from block {m.prune_layer} on.  \n"
-          f"**GFLOPs** {g_p:.3f} pruned vs {g_f:.3f} full ({100 * (1 - g_p / g_f):.0f}% fewer; "
-          f"analytic, 1 MAC = 2 FLOPs).  \n"
+          f"**GFLOPs** {g_p:.3f} pruned encoder vs {g_f:.3f} full ({100 * (1 - g_p / g_f):.0f}% "
+          f"fewer; analytic, 1 MAC = 2 FLOPs); with the ranker's own cost: " + ", ".join(costs)
+          + ".  \n"
           f"**Latency** {lat_p:.1f} ms pruned vs {lat_f:.1f} ms full (x{lat_f / max(lat_p, 1e-6):.2f}); "
           f"this image, batch 1, median of 3 on this server's CPU.  \n"
           f"**Full model** top-1 **{top}**. " + "; ".join(flips) + tok_note)

@@ -15,26 +15,8 @@ import plotly.graph_objects as go
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "results"
 
-#: One colour per method, shared by every figure.
-COLOURS = {
-    "golden": "#d62728", "predictor": "#1f77b4", "predictor+tokens": "#17becf",
-    "attention": "#2ca02c", "norm": "#9467bd", "random": "#7f7f7f", "tome": "#ff7f0e",
-    "attention+fuse": "#bcbd22",
-    "full": "#111111",
-}
-NAMES = {
-    "golden": "golden ranking", "predictor": "predictor", "attention": "CLS attention",
-    "norm": "token norm", "random": "random", "tome": "ToMe merging",
-    "attention+fuse": "EViT attention + fuse",
-}
-
-
-def colour(method: str) -> str:
-    return COLOURS.get(method, "#8c564b")
-
-
-def display_name(method: str) -> str:
-    return NAMES.get(method, method)
+# Colours and names are the engine's (``patchrank.figures``), so the app and the README agree.
+from patchrank.figures import colour, display_name, series_xy  # noqa: E402
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:
@@ -96,13 +78,14 @@ def _clean_row(row, model: str = "") -> dict | None:
     try:
         out = {"method": str(row["method"]), "ratio": float(row["ratio"]),
                "accuracy": float(row["accuracy"]), "gflops": float(row["gflops"])}
-        lat = row.get("latency_ms")
-        out["latency_ms"] = float(lat) if lat is not None else None
+        for k in ("latency_ms", "encoder_gflops", "ranker_gflops"):
+            out[k] = float(row[k]) if row.get(k) is not None else None
     except (TypeError, ValueError):
         return None
     if not all(math.isfinite(v) for k, v in out.items() if isinstance(v, float)):
         return None
     out["model"] = str(row.get("model") or model)
+    out["precomputed"] = bool(row.get("precomputed"))
     for k in ("ci_low", "ci_high"):
         try:
             out[k] = float(row[k]) if row.get(k) is not None else None
@@ -160,12 +143,13 @@ def tradeoff_figure(rows: list[dict], x: str) -> go.Figure:
             err = dict(type="data", symmetric=False, thickness=1,
                        array=[_pct(r["ci_high"]) - a for r, a in zip(pts, acc)],
                        arrayminus=[a - _pct(r["ci_low"]) for r, a in zip(pts, acc)])
-        name = display_name(m) + (f" ({model})" if several and model else "")
+        xs, name = series_xy(m, pts, x)
+        name += f" ({model})" if several and model else ""
         fig.add_trace(go.Scatter(
-            x=[r[x] for r in pts], y=acc, error_y=err, mode="lines+markers", name=name,
+            x=xs, y=acc, error_y=err, mode="lines+markers", name=name,
             line=dict(color=colour(m)), text=[f"keep {r['ratio']:.2f}" for r in pts],
             hovertemplate="%{text}<br>%{x:.3g} " + ("GFLOPs" if x == "gflops" else "ms")
                           + "<br>accuracy %{y:.1f}%<extra>" + name + "</extra>"))
-    label = "image-encoder GFLOPs (1 MAC = 2 FLOPs)" if x == "gflops" else "measured latency (ms per image, batch 1)"
+    label = "GFLOPs per image, encoder + ranker (1 MAC = 2 FLOPs)" if x == "gflops" else "measured latency (ms per image, batch 1)"
     return _layout(fig, f"Accuracy vs {'GFLOPs' if x == 'gflops' else 'latency'}", label,
                    "zero-shot top-1 accuracy (%)")

@@ -5,7 +5,7 @@
 Prints one JSON object. "Server time" of the slider = the ``threshold`` handler (re-threshold of
 cached orders + drawing both masks + agreement) plus writing both as JPEG files and gradio's
 postprocessing of them (file data + copy into its cache), measured in-process, 60 random ratios, after a warm-up. Timing lives
-here, not in tests (DESIGN.md); on a shared 2-core machine, read medians.
+here, not in tests (docs/design.md); on a shared 2-core machine, read medians.
 """
 from __future__ import annotations
 

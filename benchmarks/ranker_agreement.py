@@ -1,6 +1,8 @@
 """How well does each ranker agree with the golden ranking? (issue 5: predictor vs CLS attention)
 
     python benchmarks/ranker_agreement.py --rankings assets/results/golden-eval [--limit N]
+    python benchmarks/ranker_agreement.py --rankings runs/golden-val --rankers none \
+        --predictor listwise=runs/pred-listwise.safetensors --predictor kl=runs/pred-kl.safetensors
 
 On the images of a golden ranking folder (default: the bundled evaluation split's shipped one),
 every ranker orders the patches and is compared with the golden order through
@@ -25,18 +27,20 @@ from patchrank import metrics, store  # noqa: E402
 from patchrank.data.datasets import open_dataset  # noqa: E402
 from patchrank.figures import grid_table  # noqa: E402
 
-RANKERS = ("predictor", "attention", "norm", "random")
+RANKERS = ("predictor", "attention", "norm", "norm-low", "random")
 
 
-def agreement_table(m, ds, golden: dict, names=RANKERS, batch: int = 100) -> dict:
+def agreement_table(m, ds, golden: dict, names=RANKERS, batch: int = 100,
+                    predictors: dict | None = None) -> dict:
     """{ranker: metrics.agreement(...)} over the images of ``ds`` that ``golden`` covers."""
     idx = [i for i, iid in enumerate(ds.ids) if iid in golden]
     if not idx:
         raise SystemExit("the ranking folder covers none of the dataset's images")
     ref = torch.stack([golden[ds.ids[i]] for i in idx])
     out = {}
-    for name in names:
-        ranker = pr.load_predictor(model=m) if name == "predictor" else name
+    rankers = {n: pr.load_predictor(model=m) if n == "predictor" else n for n in names}
+    rankers.update({label: pr.load_predictor(path, model=m) for label, path in (predictors or {}).items()})
+    for name, ranker in rankers.items():
         torch.manual_seed(0)                       # the random ranker draws from torch's RNG
         orders = []
         with torch.inference_mode():
@@ -53,13 +57,21 @@ def main(argv=None) -> int:
     ap.add_argument("--model", default="bundled")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--json", default="benchmarks/results/ranker_agreement.json")
+    ap.add_argument("--rankers", default=",".join(RANKERS), help="comma list, or 'none'")
+    ap.add_argument("--predictor", action="append", default=[], metavar="LABEL=PATH",
+                    help="also a predictor file, shown as LABEL (repeatable): e.g. to compare losses")
     a = ap.parse_args(argv)
+    names = [] if a.rankers == "none" else [n for n in a.rankers.split(",") if n]
+    bad = [p for p in a.predictor if "=" not in p]
+    if bad:
+        ap.error(f"--predictor takes LABEL=PATH, got {bad[0]!r}")
+    predictors = dict(p.split("=", 1) for p in a.predictor)
     meta, golden = store.load_rankings(a.rankings)
     m = pr.load_model(a.model)
     if meta["model_id"] != m.model_id:
         raise SystemExit(f"{a.rankings} was made for {meta['model_id']}, not {m.model_id}")
     ds = open_dataset(meta.get("data", "bundled-eval"), a.limit)
-    res = agreement_table(m, ds, golden)
+    res = agreement_table(m, ds, golden, names, predictors=predictors)
     cols = ["kendall_tau", "spearman", "bottom_overlap", "kept_iou@0.6", "kept_iou@0.4"]
     print(grid_table(["ranker vs golden", "images", *cols],
                      [[n, r["images"], *(f"{r[c]:.3f}" for c in cols)] for n, r in res.items()]))

@@ -47,7 +47,7 @@ def cls_attention(block, h: torch.Tensor) -> torch.Tensor:
     softmax(q_cls k^T / sqrt(d_h)) per head over all 1+P keys (Vaswani et al. 2017, eq. 1), with
     q, k from ``ln_1(h)`` and the block's packed in-projection; the CLS column is then dropped, so
     rows sum to 1 - attention-to-CLS. Recomputed from weights because open_clip calls
-    ``nn.MultiheadAttention`` with ``need_weights=False`` (ecosystem notes A.2, A.6). Costs about
+    ``nn.MultiheadAttention`` with ``need_weights=False`` (open_clip's ``ResidualAttentionBlock``). Costs about
     2ND^2 + 2ND FLOPs (key projection + one query row), negligible next to a block."""
     w, b, heads = _qk_weights(block)
     bsz, n, d = h.shape
@@ -61,6 +61,13 @@ def cls_attention(block, h: torch.Tensor) -> torch.Tensor:
     return a.mean(dim=1)[:, 0, 1:]
 
 
+def cls_attention_gflops(m) -> float:
+    """GFLOPs of ``cls_attention`` on N = 1+P tokens of width D: keys 2ND^2, the CLS query 2D^2,
+    its logits 2ND (1 MAC = 2 FLOPs; LayerNorm and softmax left out, as in ``flops.py``)."""
+    n, d = m.num_patches + 1, m.width
+    return (2 * n * d * d + 2 * d * d + 2 * n * d) / 1e9
+
+
 class AttentionRanker:
     """CLS attention of block k-1 (the block whose output is pruned). It needs the tokens entering
     block k-1, which the pruned forward does not keep, so they are recomputed with
@@ -68,6 +75,13 @@ class AttentionRanker:
     cost). With k = 0 there is no earlier block: block 0's own attention on ``h`` is used."""
 
     name = "attention"
+
+    def gflops(self, m) -> float:
+        """Per image: the recomputed prefix to block k-1 (patch embedding + blocks 0..k-2) plus
+        ``cls_attention_gflops`` of block k-1; a cost of this implementation, counted in full."""
+        f, k = m.flops(), m.prune_layer
+        recompute = f.patch_embed + sum(f.blocks[:k - 1]) if k > 0 else 0.0
+        return recompute + cls_attention_gflops(m)
 
     def scores(self, m, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         k = m.prune_layer
@@ -105,6 +119,10 @@ class AttentionFuseMerger:
 
     name = "attention+fuse"
 
+    def gflops(self, m) -> float:
+        """Block k's CLS attention (no recomputation) plus the fused token's weighted sum 2PD."""
+        return cls_attention_gflops(m) + 2 * m.num_patches * m.width / 1e9
+
     def reduce(self, m, h: torch.Tensor, k: int) -> torch.Tensor:
         with torch.no_grad():
             a = cls_attention(forward.blocks(m.visual)[m.prune_layer], h)
@@ -113,12 +131,23 @@ class AttentionFuseMerger:
 
 # -- norm and random ------------------------------------------------------------------------------
 class NormRanker:
-    """L2 norm of each patch token entering block k (large-norm tokens carry more signal)."""
+    """L2 norm of each patch token entering block k, largest kept first: the common heuristic that
+    high-norm tokens carry more signal. It need not hold: on the bundled model object patches
+    have the *lower* norm (11.8 against 15.0 for background, on average over the evaluation
+    split), so this ranker keeps background; ``norm-low`` (``largest=False``) ranks the other
+    way, and the sweep shows both."""
 
-    name = "norm"
+    def __init__(self, largest: bool = True):
+        self.largest = largest
+        self.name = "norm" if largest else "norm-low"
+
+    def gflops(self, m) -> float:
+        """P squared norms of width D: 2PD."""
+        return 2 * m.num_patches * m.width / 1e9
 
     def scores(self, m, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return h[:, 1:].detach().float().norm(dim=-1)
+        n = h[:, 1:].detach().float().norm(dim=-1)
+        return n if self.largest else -n
 
 
 class RandomRanker:
@@ -129,6 +158,9 @@ class RandomRanker:
 
     def __init__(self, seed: int = 0):
         self.seed = seed
+
+    def gflops(self, m) -> float:
+        return 0.0
 
     def scores(self, m, x: torch.Tensor, h: torch.Tensor,
                generator: torch.Generator | None = None) -> torch.Tensor:
@@ -221,6 +253,14 @@ class ToMeMerger:
             raise PatchRankError(f"ToMe metric must be 'keys' or 'tokens', got {metric!r}")
         self.metric = metric
 
+    def gflops(self, m) -> float:
+        """Matching per image: block k's key projection of the P patches 2PD^2 (``keys`` metric
+        only) and the similarities of the two halves 2(P/2)^2 D; the size-weighted pooling
+        (O(PD)) is left out like LayerNorm."""
+        p, d = m.num_patches, m.width
+        keys = 2 * p * d * d if self.metric == "keys" else 0.0
+        return (keys + 2 * (p / 2) ** 2 * d) / 1e9
+
     def merge(self, m, h: torch.Tensor, k: int) -> Merged:
         with torch.no_grad():
             met = block_keys(forward.blocks(m.visual)[m.prune_layer], h) if self.metric == "keys" else None
@@ -240,4 +280,5 @@ rankers.register("random", RandomRanker)
 rankers.register("attention", AttentionRanker)
 rankers.register("attention+fuse", AttentionFuseMerger)
 rankers.register("norm", NormRanker)
+rankers.register("norm-low", lambda: NormRanker(largest=False))
 rankers.register("tome", ToMeMerger)

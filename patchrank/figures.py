@@ -31,14 +31,15 @@ NUMERIC = ("ratio", "kept", "accuracy", "ci_low", "ci_high", "gflops", "encoder_
 #: One colour per method (the app uses the same ones).
 COLOURS = {"golden": "#d62728", "predictor": "#1f77b4", "predictor+tokens": "#17becf",
            "attention": "#2ca02c", "norm": "#9467bd", "random": "#7f7f7f", "tome": "#ff7f0e",
-           "attention+fuse": "#bcbd22", "full": "#111111"}
-NAMES = {"golden": "golden ranking (oracle)", "predictor": "predictor",
+           "attention+fuse": "#bcbd22", "norm-low": "#e377c2", "full": "#111111"}
+NAMES = {"golden": "golden (one-shot leave-one-out)", "predictor": "predictor",
          "predictor+tokens": "predictor + tokens", "attention": "CLS attention",
-         "norm": "token norm", "random": "random", "tome": "ToMe merging",
+         "norm": "token norm (high first)", "norm-low": "token norm (low first)",
+         "random": "random", "tome": "ToMe merging",
          "attention+fuse": "EViT (attention + fuse)", "full": "full model"}
 MARKERS = {"golden": "*", "predictor": "o", "predictor+tokens": "D", "attention": "s",
-           "norm": "v", "random": "x", "tome": "^", "attention+fuse": "P"}
-AXES = {"gflops": "image-encoder GFLOPs per image (1 MAC = 2 FLOPs)",
+           "norm": "v", "norm-low": "1", "random": "x", "tome": "^", "attention+fuse": "P"}
+AXES = {"gflops": "GFLOPs per image, encoder + ranker (1 MAC = 2 FLOPs)",
         "latency_ms_b1": "latency at batch 1 (ms, median)",
         "latency_ms_bN": "latency at batch N (ms per batch, median)",
         "ms_per_image_bN": "ms per image at batch N (median)"}
@@ -172,9 +173,26 @@ def _hover(r: dict) -> str:
     if r.get("latency_ms_bN") is not None:
         lines.append(f"latency b={int(r.get('batch_N') or 0)} {r['latency_ms_bN']:.1f} ms"
                      + (f", speedup {r['speedup_bN']:.2f}x" if r.get("speedup_bN") else ""))
-    if r.get("oracle"):
-        lines.append("oracle: ranking cost excluded")
+    if r.get("precomputed"):
+        lines.append("order searched beforehand: GFLOPs include the search, latency does not")
     return "<br>".join(lines)
+
+
+def _off_axis(pts: list[dict], x: str) -> float | None:
+    """A golden search costs far more than the encoder (``golden.search_gflops``): on the GFLOPs
+    axis such a series is drawn at its encoder cost, its legend naming the search cost."""
+    if x != "gflops" or not any(r.get("precomputed") for r in pts):
+        return None
+    return max((r.get("ranker_gflops") or 0.0) for r in pts) or None     # ratio 1.0 searches nothing
+
+
+def series_xy(meth: str, pts: list[dict], x: str) -> tuple[list[float], str]:
+    """(x values, legend name) of one method's points on axis ``x`` (``_off_axis``)."""
+    search = _off_axis(pts, x)
+    if search is None:
+        return [r[x] for r in pts], display_name(meth)
+    xs = [r.get("encoder_gflops", r[x]) for r in pts]
+    return xs, f"{display_name(meth)}, drawn at encoder cost (+{search:.3g} GFLOPs search)"
 
 
 def _axis_title(res: SweepResults, x: str) -> str:
@@ -198,10 +216,11 @@ def tradeoff_figure(results: SweepResults | dict | str | os.PathLike, x: str = "
             err = dict(type="data", symmetric=False, thickness=1, width=3,
                        array=[100 * (r["ci_high"] - r["accuracy"]) for r in pts],
                        arrayminus=[100 * (r["accuracy"] - r["ci_low"]) for r in pts])
+        xs, name = series_xy(meth, pts, x)
         fig.add_trace(go.Scatter(
-            x=[r[x] for r in pts], y=[100 * r["accuracy"] for r in pts], error_y=err,
-            mode="lines+markers", name=display_name(meth),
-            line=dict(color=colour(meth), dash="dot" if pts[0].get("oracle") else None),
+            x=xs, y=[100 * r["accuracy"] for r in pts], error_y=err,
+            mode="lines+markers", name=name,
+            line=dict(color=colour(meth), dash="dot" if pts[0].get("precomputed") else None),
             marker=dict(size=6), text=[_hover(r) for r in pts], hovertemplate="%{text}<extra></extra>"))
     full = (res.meta.get("full") or {}).get("accuracy")
     if full is not None:
@@ -242,14 +261,14 @@ def save_png(results, path: str | os.PathLike, xs: Sequence[str] = ("gflops", "l
             pts = [r for r in res.series(meth) if r.get(x) is not None]
             if not pts:
                 continue
-            xv, yv = [r[x] for r in pts], [100 * r["accuracy"] for r in pts]
+            (xv, name), yv = series_xy(meth, pts, x), [100 * r["accuracy"] for r in pts]
             yerr = None
             if all(r.get("ci_low") is not None and r.get("ci_high") is not None for r in pts):
                 yerr = [[100 * (r["accuracy"] - r["ci_low"]) for r in pts],
                         [100 * (r["ci_high"] - r["accuracy"]) for r in pts]]
-            ax.errorbar(xv, yv, yerr=yerr, label=display_name(meth), color=colour(meth),
+            ax.errorbar(xv, yv, yerr=yerr, label=name, color=colour(meth),
                         marker=MARKERS.get(meth, "o"), markersize=4, linewidth=1.4, capsize=2,
-                        elinewidth=0.7, linestyle=":" if pts[0].get("oracle") else "-")
+                        elinewidth=0.7, linestyle=":" if pts[0].get("precomputed") else "-")
         if full is not None:
             ax.axhline(100 * full, color="#888", linestyle="--", linewidth=0.8)
         ax.set_xlabel(_axis_title(res, x))
@@ -270,36 +289,38 @@ def save_png(results, path: str | os.PathLike, xs: Sequence[str] = ("gflops", "l
 
 def markdown_table(results, ratios: Sequence[float] | None = None,
                    methods: Sequence[str] | None = None) -> str:
-    """README table: accuracy % [95% CI] per method (rows) and keep ratio (columns), with a GFLOPs
-    line per ratio (encoder, no ranker) and the batch-1 speedup of the predictor if measured."""
+    """README tables: accuracy % [95% CI] per method (rows) and keep ratio (columns), with the
+    batch-1 speedup of the predictor if measured; then the GFLOPs per image of each cell, encoder
+    + ranker (equal cost means all cost), and the encoder alone in its last row."""
     res = _coerce(results)
     ratios = sorted({r["ratio"] for r in res.rows}, reverse=True) if ratios is None else list(ratios)
     methods = res.methods() if methods is None else list(methods)
 
-    def cell(meth, ratio):
-        r = next((r for r in res.rows if r["method"] == meth and abs(r["ratio"] - ratio) < 1e-9), None)
-        if r is None:
-            return "—"
+    def row_of(meth, ratio):
+        return next((r for r in res.rows if r["method"] == meth and abs(r["ratio"] - ratio) < 1e-9), None)
+
+    def accuracy(r):
         ci = (f" [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
               if r.get("ci_low") is not None and r.get("ci_high") is not None else "")
         return f"{100 * r['accuracy']:.1f}{ci}"
 
-    head = "| method | " + " | ".join(f"keep {r:g}" for r in ratios) + " |"
-    lines = [head, "|---|" + "---|" * len(ratios)]
-    for meth in methods:
-        lines.append(f"| {display_name(meth)} | " + " | ".join(cell(meth, r) for r in ratios) + " |")
+    def table(fmt):
+        return [f"| {display_name(meth)} | " + " | ".join(
+            "—" if (r := row_of(meth, q)) is None else fmt(r) for q in ratios) + " |" for meth in methods]
 
-    def first(ratio, key):
-        return next((r.get(key) for r in res.rows if abs(r["ratio"] - ratio) < 1e-9
-                     and r.get(key) is not None and not r.get("extra_tokens")), None)
-
-    gf = [first(r, "encoder_gflops") or first(r, "gflops") for r in ratios]
-    lines.append("| GFLOPs (encoder) | " + " | ".join(_fmt(g, ".3g") for g in gf) + " |")
+    head = ["| method | " + " | ".join(f"keep {r:g}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
+    lines = head + table(accuracy)
     sp = [next((r.get("speedup_b1") for r in res.rows if r["method"] == "predictor"
                 and abs(r["ratio"] - q) < 1e-9), None) for q in ratios]
     if any(s is not None for s in sp):
         lines.append("| predictor speedup, batch 1 | " + " | ".join(_fmt(s, ".2f") + ("x" if s else "")
                                                                    for s in sp) + " |")
+    enc = [next((r.get("encoder_gflops") for r in res.rows if abs(r["ratio"] - q) < 1e-9
+                 and r.get("encoder_gflops") is not None and not r.get("extra_tokens")), None)
+           for q in ratios]
+    lines += ["", "GFLOPs per image, encoder + ranker (1 MAC = 2 FLOPs):", ""] + head
+    lines += table(lambda r: _fmt(r["gflops"], ".3g"))
+    lines.append("| encoder alone | " + " | ".join(_fmt(g, ".3g") for g in enc) + " |")
     return "\n".join(lines)
 
 

@@ -2,7 +2,7 @@
 
 Per pre-LN block with N tokens, width D and MLP hidden width H (= 4D for CLIP):
   QKV 2*N*D*3D + scores QK^T 2*N^2*D + attention*V 2*N^2*D + out-proj 2*N*D*D + MLP 2*2*N*D*H
-  = 8*N*D^2 + 4*N*D*H + 4*N^2*D   (= 24*N*D^2 + 4*N^2*D for H = 4D; ecosystem notes E.1)
+  = 8*N*D^2 + 4*N*D*H + 4*N^2*D   (= 24*N*D^2 + 4*N^2*D for H = 4D; docs/paper.md)
 plus the patch embedding 2*P*(3*p^2)*D and the output projection 2*D*E. Biases, LayerNorm,
 softmax and GELU (all O(N*D)) are left out.
 

@@ -5,7 +5,7 @@ Stages (names follow open_clip's ``VisionTransformer``):
   reduce  = gather CLS + the kept patches (or any token-reducing function, e.g. merging)
   suffix  = optional extra tokens appended, blocks ``k..L-1``, ``_pool``, ``@ proj``
 
-Pruning convention (DESIGN.md): tokens are chosen at the *input* of block ``k``; CLS is always
+Pruning convention (docs/design.md): tokens are chosen at the *input* of block ``k``; CLS is always
 kept at index 0; kept patches keep the positional embedding added before block 0, so their order
 does not matter to the maths (we still sort ids so masks map back onto the grid).
 

@@ -46,7 +46,7 @@ from __future__ import annotations
 import contextlib
 import math
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -179,9 +179,7 @@ class _Scorer:
     def suffix_gflops(self, n_keep: int) -> float:
         g = self.flop_cache.get(n_keep)
         if g is None:
-            f = self.m.flops(keep=n_keep)     # executed work: see flops.py
-            g = f.executed - sum(f.blocks[:self.k]) - f.patch_embed
-            self.flop_cache[n_keep] = g
+            g = self.flop_cache[n_keep] = suffix_gflops(self.m, n_keep)
         return g
 
     def embed(self, keep: torch.Tensor) -> torch.Tensor:
@@ -450,17 +448,48 @@ def golden_ranking(m, x: torch.Tensor, score: str = "similarity", labels=None, s
                    gflops=torch.tensor([s.gflops for s in states], dtype=torch.float64))
 
 
-def _expected_variants(p: int, n_cells: int, target: int, step: int, mode: str) -> int:
-    """Variants a search will run for one image (exact for one-shot and plain greedy on patches;
-    an estimate with cells, lazy re-scoring or coarse-to-fine): the progress bar's total."""
+def _rounds(p: int, n_cells: int, target: int, step: int, mode: str) -> Iterator[tuple[int, int]]:
+    """(variants, patches each keeps) per round of a search for one image: exact for one-shot and
+    plain greedy on patches; an estimate with cells (a cell loses patches as its neighbours go)."""
     per_cell = p / n_cells
     if mode == "oneshot":
-        return n_cells
-    total, n = 0, p
+        yield n_cells, round(p - per_cell)
+        return
+    n = p
     while n > target:
-        total += max(1, round(n / per_cell))
+        yield max(1, round(n / per_cell)), round(n - per_cell)
         n -= min(step * per_cell, n - target)
-    return max(1, int(total))
+
+
+def _expected_variants(p: int, n_cells: int, target: int, step: int, mode: str) -> int:
+    """Variants a search will run for one image (estimate with lazy or c2f): the progress bar's total."""
+    return max(1, int(sum(v for v, _ in _rounds(p, n_cells, target, step, mode))))
+
+
+def suffix_gflops(m, n_keep: int) -> float:
+    """GFLOPs of one variant keeping ``n_keep`` patches: blocks k.. as our forward executes them."""
+    f = m.flops(keep=n_keep)
+    return f.executed - sum(f.blocks[:m.prune_layer]) - f.patch_embed
+
+
+def search_gflops(m, settings: dict) -> float | None:
+    """Analytic GFLOPs per image of the search ``settings`` (``golden_settings``) describes: the
+    prefix once, the full image, then every variant's suffix (1 MAC = 2 FLOPs). This is what a
+    golden ranking costs next to a ranker's few MFLOPs (the sweep counts it, README). Exact for
+    one-shot and greedy on single patches, an estimate with 2x2 cells; None for coarse-to-fine
+    and lazy greedy, whose number of variants depends on the image (``Ranking.gflops`` has it)."""
+    if settings.get("mode") == "c2f" or settings.get("lazy"):
+        return None
+    p = m.num_patches
+    stop = settings.get("stop_at")
+    target = 1 if stop is None else m.keep_count(stop)
+    n_cells = int(cells(m.grid, int(settings.get("block", 1))).max()) + 1
+    dense = m.flops()
+    total = sum(dense.blocks[:m.prune_layer]) + dense.patch_embed + suffix_gflops(m, p)
+    for variants, kept in _rounds(p, n_cells, target, int(settings.get("step", 10)),
+                                  settings.get("mode", "greedy")):
+        total += variants * suffix_gflops(m, kept)
+    return float(total)
 
 
 def _progress_reporter(progress: Callable[[float, str], None], image: int, images: int,
@@ -643,6 +672,10 @@ class GoldenRanker:
 
     def rank(self, m, x: torch.Tensor, h: torch.Tensor | None = None) -> torch.Tensor:
         return golden_ranking(m, x, prefix=h, **self.settings).order
+
+    def gflops(self, m) -> float | None:
+        """The search's GFLOPs per image (``search_gflops``); None where it depends on the image."""
+        return search_gflops(m, golden_settings(m, **self.settings))
 
     def scores(self, m, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return rankers.scores_from_order(self.rank(m, x, h))

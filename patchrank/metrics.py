@@ -16,7 +16,7 @@ PAPER_BOTTOM_FRACTION = 50 / 196
 
 
 def keep_count(ratio: float, num_patches: int) -> int:
-    """round(ratio * P), at least 1 — the same rule as ``PatchModel.keep_count`` (DESIGN.md)."""
+    """round(ratio * P), at least 1 — the same rule as ``PatchModel.keep_count`` (docs/design.md)."""
     if not 0.0 < float(ratio) <= 1.0:
         raise PatchRankError(f"keep ratio must be in (0, 1], got {ratio!r}")
     return max(1, round(float(ratio) * num_patches))

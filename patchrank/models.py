@@ -100,7 +100,7 @@ class PatchModel:
         self._prune_layer = k
 
     def keep_count(self, ratio: float) -> int:
-        """Kept patches for a keep ratio: round(ratio * P), at least 1 (DESIGN.md)."""
+        """Kept patches for a keep ratio: round(ratio * P), at least 1 (docs/design.md)."""
         try:
             r = float(ratio)
         except (TypeError, ValueError):

@@ -47,6 +47,18 @@ def resolve(ranker) -> object:
     raise PatchRankError(f"{type(ranker).__name__} is not a ranker (it needs a scores() method)")
 
 
+def ranker_gflops(m, ranker) -> float | None:
+    """GFLOPs per image the ranker spends choosing patches for model ``m`` (its ``gflops(m)``; 0
+    for a ranker that declares none, e.g. a custom one). None: it depends on the image (a
+    coarse-to-fine golden search). Sweeps and the app add it to the encoder's FLOPs: equal cost
+    means all cost."""
+    fn = getattr(resolve(ranker), "gflops", None)
+    if not callable(fn):
+        return 0.0
+    g = fn(m)
+    return None if g is None else float(g)
+
+
 def scores_from_order(order: torch.Tensor) -> torch.Tensor:
     """Turn an order [B,P] (most important first) into scores (P for the first, 1 for the last)."""
     b, p = order.shape

@@ -1,6 +1,6 @@
 """Trade-off sweeps: top-1 accuracy, analytic GFLOPs and measured latency per method per keep ratio.
 
-The paper's evidence is accuracy at matched cost (paper-spec d); this module measures it for any
+The paper's evidence is accuracy at matched cost (docs/paper.md); this module measures it for any
 model and labelled dataset. ``run_sweep`` makes one pass over the data in batches: per batch the
 prefix (blocks < k) runs once (``m.prefix``), the unpruned embedding (``forward.run_suffix`` on all
 tokens) is shared by every method's ratio-1.0 cell, each ranker scores the patches once and its
@@ -16,12 +16,14 @@ A method whose weights are missing or made for another model is skipped with a n
 
 Cost accounting (documented in the results' ``meta.notes``):
 - ``encoder_gflops``: ``patchrank.flops(m, keep=K, extra_tokens=T)`` (1 MAC = 2 FLOPs).
-- ``ranker_gflops``: what choosing the patches costs on top. A ranker's own ``gflops()`` is
-  used when it has one (the predictor); otherwise a formula below (``ranker_gflops``). Golden is an
-  offline oracle: its search cost is not counted, and its latency is the pruned forward with
+- ``ranker_gflops``: what choosing the patches costs on top, every ranker's own ``gflops(m)``
+  (``rankers.ranker_gflops``): the predictor's network, the attention ranker's recomputed prefix,
+  ToMe's matching. Golden orders are *precomputed* (read from a ranking folder, or searched per
+  image): their ``ranker_gflops`` is the search's analytic cost (``golden.search_gflops``; null
+  when it depends on the image, for coarse-to-fine) and their latency is the pruned forward with
   given patch ids. At ratio 1.0 nothing is pruned, no ranker runs: all methods share the full
   model's cell (with tokens, the full model plus tokens).
-- ``gflops`` = encoder + ranker.
+- ``gflops`` = encoder + ranker (encoder alone when the ranker's cost is unknown).
 
 Latency: image-encoder wall time of the public call a user makes
 (``m.encode_image(x, keep_ratio=r, ranker=..., tokens=...)``, ranking included) at batch 1 and
@@ -43,9 +45,10 @@ Results JSON (``FORMAT``; ``figures.load_results`` reads it, the app reads ``ass
      "rows": [{method, ratio, kept, extra_tokens, n, correct, accuracy, ci_low, ci_high,
                gflops, encoder_gflops, ranker_gflops, gflops_ratio, latency_ms, latency_ms_b1,
                latency_ms_b1_min, latency_ms_bN, latency_ms_bN_min, ms_per_image_bN, batch_N,
-               speedup_b1, speedup_bN, oracle, model}, ...]}
+               speedup_b1, speedup_bN, precomputed, model, hits}, ...]}
 
-``accuracy``/``ci_low``/``ci_high`` are fractions in [0, 1]; ``latency_ms_b1``/``latency_ms_bN``
+``hits``: which images the row got right (``pack_hits``); ``accuracy``/``ci_low``/``ci_high`` are
+fractions in [0, 1]; ``latency_ms_b1``/``latency_ms_bN``
 are median milliseconds per call at batch 1 / batch ``batch_N`` (``latency_ms`` = ``latency_ms_b1``);
 fields that were not measured are null. A CSV with the same rows is written beside the JSON.
 """
@@ -73,14 +76,15 @@ from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
 FORMAT = "patchrank-sweep/1"
 CELLS_FORMAT = "patchrank-sweep-cells/1"
-DEFAULT_METHODS = ("golden", "predictor", "predictor+tokens", "attention", "norm", "random", "tome")
+DEFAULT_METHODS = ("golden", "predictor", "predictor+tokens", "attention", "norm", "norm-low", "random",
+                   "tome")
 DEFAULT_RATIOS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.5, 0.4, 0.3)
 #: Two-sided 95 % normal quantile, Phi^-1(0.975).
 Z95 = 1.959963984540054
 ROW_FIELDS = ("method", "ratio", "kept", "extra_tokens", "n", "correct", "accuracy", "ci_low",
               "ci_high", "gflops", "encoder_gflops", "ranker_gflops", "gflops_ratio", "latency_ms",
               "latency_ms_b1", "latency_ms_b1_min", "latency_ms_bN", "latency_ms_bN_min",
-              "ms_per_image_bN", "batch_N", "speedup_b1", "speedup_bN", "oracle", "model")
+              "ms_per_image_bN", "batch_N", "speedup_b1", "speedup_bN", "precomputed", "model")
 TOKENS_SUFFIX = "+tokens"
 
 
@@ -109,7 +113,8 @@ class Method:
     orders: dict | None = None              # image id -> golden order [P] (from a ranking folder)
     tokens: Any = None                      # learnable tokens (visual_tokens(), num_visual)
     fingerprint: str = ""
-    oracle: bool = False                    # ranking cost excluded (golden)
+    precomputed: bool = False               # golden: orders given, latency without the search
+    search_gflops: float | None = None      # golden read from a folder: its search's cost
     note: str = ""
 
     @property
@@ -146,8 +151,9 @@ def _ranker_fingerprint(r: Any) -> str:
     return _digest(type(r).__name__, getattr(r, "name", ""), keys)
 
 
-def _load_rankings(m, rankings, ids: Sequence[str]) -> tuple[dict, str, str]:
-    """(orders for ``ids``, fingerprint, note) from a ranking folder or a (meta, orders) pair."""
+def _load_rankings(m, rankings, ids: Sequence[str]) -> tuple[dict, str, str, float | None]:
+    """(orders for ``ids``, fingerprint, note, search GFLOPs per image) from a ranking folder or
+    a (meta, orders) pair."""
     if isinstance(rankings, (str, os.PathLike)):
         from .store import load_rankings
         meta, orders = load_rankings(rankings)
@@ -175,7 +181,9 @@ def _load_rankings(m, rankings, ids: Sequence[str]) -> tuple[dict, str, str]:
     note = (f"golden orders read from {where} (score={s.get('score')}, step={s.get('step')}, "
             f"block={s.get('block')}, mode={s.get('mode')}, stop_at={s.get('stop_at')})")
     fingerprint = _digest("store", meta.get("settings_hash"), meta.get("settings"))
-    return {i: orders[i] for i in ids}, fingerprint, note
+    from .golden import search_gflops
+    cost = search_gflops(m, s) if s.get("mode") else None
+    return {i: orders[i] for i in ids}, fingerprint, note, cost
 
 
 def build_methods(m, names: Iterable[str], ids: Sequence[str], *, rankings=None, predictor=None,
@@ -224,8 +232,9 @@ def build_methods(m, names: Iterable[str], ids: Sequence[str], *, rankings=None,
             meth = Method(name)
             if base == "golden" and rankings is not None:
                 source = "rankings"
-                meth.orders, meth.fingerprint, meth.note = _load_rankings(m, rankings, ids)
-                meth.oracle = True
+                meth.orders, meth.fingerprint, meth.note, meth.search_gflops = _load_rankings(
+                    m, rankings, ids)
+                meth.precomputed = True
             elif base == "predictor":
                 source = "predictor"
                 meth.ranker = get_predictor()
@@ -237,7 +246,7 @@ def build_methods(m, names: Iterable[str], ids: Sequence[str], *, rankings=None,
                 meth.ranker = rankers.resolve(base)
                 meth.fingerprint = _ranker_fingerprint(meth.ranker)
                 if base.startswith("golden"):
-                    meth.oracle = True
+                    meth.precomputed = True
                     meth.note = ("golden orders computed per image by the registered golden ranker "
                                  "(give a ranking folder to reuse cached ones)")
             if base != name:
@@ -255,36 +264,13 @@ def build_methods(m, names: Iterable[str], ids: Sequence[str], *, rankings=None,
 
 
 # -- cost -----------------------------------------------------------------------------------------
-def ranker_gflops(m, method: Method) -> float:
-    """GFLOPs per image of choosing the patches (1 MAC = 2 FLOPs), N = 1+P tokens of width D:
-
-    - a ranker's own ``gflops(m)`` / ``gflops()`` when it has one (the predictor: pooling, mixer
-      block and head, see ``Predictor.gflops``);
-    - ``attention``: key projection of all tokens 2ND^2, the CLS query 2D^2, its logits 2ND
-      (``baselines.cls_attention``); re-running the prefix to block k-1, which our implementation
-      does instead of reading the attention inside that block, is an implementation shortcut and
-      is not counted (measured latency includes it); ``attention+fuse`` adds the fusion 2PD;
-    - ``norm``: 2PD; ``random``: 0;
-    - ``tome``: key projection 2PD^2 plus the bipartite similarities 2(P/2)^2 D;
-    - golden (an offline oracle) and anything else: 0.
-    """
-    r = method.ranker
-    fn = getattr(r, "gflops", None)
-    if callable(fn):
-        import inspect
-        return float(fn(m) if inspect.signature(fn).parameters else fn())
-    p, d = m.num_patches, m.width
-    n = p + 1
-    name = getattr(r, "name", "")
-    if name == "attention":
-        return (2 * n * d * d + 2 * d * d + 2 * n * d) / 1e9
-    if name == "attention+fuse":
-        return (2 * n * d * d + 2 * d * d + 2 * n * d + 2 * p * d) / 1e9
-    if name == "norm":
-        return 2 * p * d / 1e9
-    if name == "tome":
-        return (2 * p * d * d + 2 * (p / 2) ** 2 * d) / 1e9
-    return 0.0
+def ranker_gflops(m, method: Method) -> float | None:
+    """GFLOPs per image of choosing the patches: golden orders read from a folder cost their
+    search (``golden.search_gflops`` of the folder's settings), every ranker its own
+    ``gflops(m)`` (``rankers.ranker_gflops``); None when unknown (coarse-to-fine golden)."""
+    if method.search_gflops is not None or method.orders is not None or method.ranker is None:
+        return method.search_gflops
+    return rankers.ranker_gflops(m, method.ranker)
 
 
 # -- embeddings -----------------------------------------------------------------------------------
@@ -427,8 +413,8 @@ def latency_calls(m, methods: Sequence[Method], ratios: Sequence[float],
                   x: torch.Tensor) -> dict[str, Callable[[], Any]]:
     """Zero-argument callables to time on batch ``x``: key "full", and "<method>@<ratio>" for
     every method and ratio that differ from the full model (the public ``m.encode_image`` call a
-    user makes; oracle methods run the pruned forward with given patch ids, the ranking being
-    offline). Ratio 1.0 without tokens is the "full" call."""
+    user makes; precomputed golden orders run the pruned forward with given patch ids, the search
+    being offline). Ratio 1.0 without tokens is the "full" call."""
     sync = _sync(m)
 
     def timed(fn):
@@ -446,7 +432,7 @@ def latency_calls(m, methods: Sequence[Method], ratios: Sequence[float],
                 if t is not None:
                     calls[f"{meth.name}@{r:g}"] = timed(lambda t=t: m.encode_image(x, tokens=t))
                 continue
-            if meth.oracle:
+            if meth.precomputed:
                 keep = torch.arange(n_keep, device=m.device).expand(x.shape[0], -1)
                 fn = (lambda keep=keep, t=t: m.encode_image(x, keep=keep, tokens=t))
             else:
@@ -633,6 +619,18 @@ def run_sweep(m, dataset, methods: Sequence[str] = DEFAULT_METHODS,
     return results
 
 
+def pack_hits(correct: np.ndarray) -> str:
+    """Per-image correctness as hex (image i = bit i, most significant first; ``np.packbits``):
+    the row's ``hits``. A few hundred characters let anyone recompute any subset's accuracy or
+    a paired test from the results file, and the tests check shipped rows image by image."""
+    return np.packbits(np.asarray(correct, bool)).tobytes().hex()
+
+
+def unpack_hits(hits: str, n: int) -> np.ndarray:
+    """The inverse of ``pack_hits``: a bool array [n]."""
+    return np.unpackbits(np.frombuffer(bytes.fromhex(hits), np.uint8))[:n].astype(bool)
+
+
 def _gather(store: CellStore, method: str, key: str, starts: list[int]) -> np.ndarray:
     return np.concatenate([np.asarray(store.done[(s, method)][key], np.int64) for s in starts])
 
@@ -659,6 +657,7 @@ def _assemble(m, ds, ids, labels, meths, skipped, ratios, store, timings, clf, l
             own = pruned or meth.tokens is not None         # else the shared unpruned cell
             pred = _gather(store, meth.name, f"{r:g}", starts) if own else full_pred
             correct = int((pred == labels).sum())
+            hits = pack_hits(pred == labels)
             lo, hi = wilson_interval(correct, n)
             enc = float(m.flops(keep=k, extra_tokens=meth.extra_tokens))
             over = ranker_gflops(m, meth) if pruned else 0.0
@@ -669,14 +668,14 @@ def _assemble(m, ds, ids, labels, meths, skipped, ratios, store, timings, clf, l
             rows.append({
                 "method": meth.name, "ratio": r, "kept": k, "extra_tokens": meth.extra_tokens,
                 "n": n, "correct": correct, "accuracy": correct / n, "ci_low": lo, "ci_high": hi,
-                "gflops": enc + over, "encoder_gflops": enc, "ranker_gflops": over,
-                "gflops_ratio": (enc + over) / full_gf, "latency_ms": m1,
+                "gflops": enc + (over or 0.0), "encoder_gflops": enc, "ranker_gflops": over,
+                "gflops_ratio": (enc + (over or 0.0)) / full_gf, "latency_ms": m1,
                 "latency_ms_b1": m1, "latency_ms_b1_min": m1min,
                 "latency_ms_bN": mn, "latency_ms_bN_min": mnmin,
                 "ms_per_image_bN": None if mn is None else mn / bn, "batch_N": bn,
                 "speedup_b1": None if m1 is None else f1 / m1,
-                "speedup_bN": None if mn is None else fn / mn, "oracle": meth.oracle,
-                "model": m.name})
+                "speedup_bN": None if mn is None else fn / mn, "precomputed": meth.precomputed,
+                "model": m.name, "hits": hits})
     lo, hi = wilson_interval(full_correct, n)
     meta = {
         "model": m.name, "pretrained": m.pretrained, "model_id": m.model_id,
@@ -691,6 +690,7 @@ def _assemble(m, ds, ids, labels, meths, skipped, ratios, store, timings, clf, l
         "settings_hash": store.hash,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "full": {"accuracy": full_correct / n, "correct": full_correct, "ci_low": lo, "ci_high": hi,
+                 "hits": pack_hits(full_pred == labels),
                  "gflops": full_gf, "latency_ms_b1": lat(b1, "full")[0],
                  "latency_ms_bN": lat(bn, "full")[0], "batch_N": bn},
         "skipped": skipped,
@@ -703,9 +703,10 @@ def _assemble(m, ds, ids, labels, meths, skipped, ratios, store, timings, clf, l
                        "at the same batch",
             "accuracy": "zero-shot top-1 as a fraction; ci_low/ci_high: Wilson 95% interval",
             **{f"method:{x.name}": x.note for x in meths if x.note},
-            **({"oracle": "golden is an offline oracle: its search cost is not in gflops and its "
-                          "latency is the pruned forward with given patch ids"}
-               if any(x.oracle for x in meths) else {}),
+            **({"precomputed": "golden orders are searched beforehand: their gflops include "
+                               "the search (golden.search_gflops), their latency is the pruned "
+                               "forward with given patch ids"}
+               if any(x.precomputed for x in meths) else {}),
         },
     }
     return {"format": FORMAT, "meta": meta, "rows": rows}
@@ -765,7 +766,7 @@ def _finite(obj):
 #: Row labels of the paper-shaped table.
 METHOD_TITLES = {"attention+fuse": "EViT (CLS attention + fuse)", "tome": "ToMe",
                  "attention": "CLS attention", "norm": "token norm", "random": "random",
-                 "golden": "golden ranking (oracle)", "predictor": "Ours (predictor)",
+                 "golden": "golden (one-shot leave-one-out)", "predictor": "Ours (predictor)",
                  "predictor+tokens": "Ours (predictor + tokens)"}
 REPRODUCE_METHODS = ("attention+fuse", "tome", "attention", "random", "predictor", "predictor+tokens")
 
@@ -1016,13 +1017,13 @@ def bench(m, methods: Sequence[str] = ("fixed-ids", "predictor"),
     """Image-encoder latency per method per keep ratio (the sweep's timing without accuracy):
     {"format": "patchrank-bench/1", "meta", "rows": [{method, ratio, kept, batch, median_ms,
     min_ms, ms_per_image, gflops, gflops_ratio, speedup}]}. ``fixed-ids`` times the pruned
-    forward alone (ranking excluded, like the golden oracle)."""
+    forward alone (ranking excluded, like precomputed golden orders)."""
     ratios = _check_ratios(m, ratios)
     names = list(methods)
     meths, skipped = build_methods(m, [n for n in names if n != "fixed-ids"], [],
                                    predictor=predictor, tokens=tokens)
     if "fixed-ids" in names:
-        meths.insert(names.index("fixed-ids"), Method("fixed-ids", ranker=_FixedIds(), oracle=True))
+        meths.insert(names.index("fixed-ids"), Method("fixed-ids", ranker=_FixedIds(), precomputed=True, search_gflops=0.0))
     for name, why in skipped.items():
         print(f"note: skipping {name}: {why}", file=sys.stderr)
     if images is None:
@@ -1043,7 +1044,7 @@ def bench(m, methods: Sequence[str] = ("fixed-ids", "predictor"),
                 key = f"{meth.name}@{r:g}"
                 if key not in t[b]:
                     continue
-                gf = float(m.flops(keep=k, extra_tokens=meth.extra_tokens)) + ranker_gflops(m, meth)
+                gf = float(m.flops(keep=k, extra_tokens=meth.extra_tokens)) + (ranker_gflops(m, meth) or 0.0)
                 rows.append({"method": meth.name, "ratio": r, "kept": k, "batch": b,
                              "median_ms": t[b][key]["median_ms"], "min_ms": t[b][key]["min_ms"],
                              "ms_per_image": t[b][key]["median_ms"] / b, "gflops": gf,

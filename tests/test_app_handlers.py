@@ -143,13 +143,20 @@ def test_prune_top5_and_costs(analysed):
     assert abs(sum(H.engine.probs(store.session(sid).analysis.model, ["a", "b"],
                                   store.session(sid).analysis.full_emb)[0]) - 1) < 1e-4
     assert "GFLOPs" in md and "Latency" in md and "59 of 196" in md
+    # equal cost means all cost: each ranker's own work is added to the pruned encoder's
+    m = store.session(sid).analysis.model
+    enc = float(H.pr.flops(m, keep=59))
+    from patchrank import rankers
+    att = enc + rankers.ranker_gflops(m, "attention")
+    assert f"CLS attention {att:.3g}" in md, md
+    assert "(its search)" in md and f"{enc:.3f} pruned encoder" in md
 
 
 def test_curve_and_flip(analysed):
     sid, _ = analysed
     fig, md = H.curve("top, sandal, bag", session=sid)
     names = {t.name for t in fig.data}
-    assert {"golden ranking", "CLS attention", "token norm", "random"} <= names
+    assert {"golden (one-shot leave-one-out)", "CLS attention", "token norm (high first)", "random"} <= names
     d = H.curve_data(store.session(sid).analysis, ["top", "sandal", "bag"])
     for row in d["rankers"].values():
         assert len(row["prob"]) == len(d["ratios"])

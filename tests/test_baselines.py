@@ -196,3 +196,42 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def test_every_builtin_ranker_declares_its_cost(bundled):
+    """Equal cost means all cost: each registered ranker says what choosing patches costs."""
+    f, k = bundled.flops(), bundled.prune_layer
+    for name in rankers.available():
+        g = rankers.ranker_gflops(bundled, name)
+        assert g is not None and g >= 0, name
+    assert rankers.ranker_gflops(bundled, "random") == 0
+    assert rankers.ranker_gflops(bundled, "norm") == rankers.ranker_gflops(bundled, "norm-low") > 0
+    recompute = f.patch_embed + sum(f.blocks[:k - 1])
+    assert rankers.ranker_gflops(bundled, "attention") > recompute > 0
+    assert rankers.ranker_gflops(bundled, "golden") > 100 * float(f)    # a search per image
+
+
+@pytest.mark.parametrize("name", ["attention", "tome"])
+def test_ranker_cost_matches_the_flop_counter(bundled, eval_batch, name):
+    """The analytic cost equals what torch's FLOP counter sees the ranker run (matmuls, the
+    convolution and attention; like ours it leaves out LayerNorm and softmax)."""
+    from torch.utils.flop_counter import FlopCounterMode
+    x = eval_batch[0][:2]
+    r = rankers.resolve(name)
+    with torch.no_grad():
+        h = forward.run_prefix(bundled.visual, x, bundled.prune_layer)
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        if hasattr(r, "scores"):
+            r.scores(bundled, x, h)
+        else:
+            r.reduce(bundled, h, bundled.keep_count(0.5))
+    measured = fc.get_total_flops() / 1e9 / len(x)
+    assert rankers.ranker_gflops(bundled, r) == pytest.approx(measured, rel=0.02)
+
+
+def test_low_norm_ranker_is_the_reverse_of_norm(bundled, eval_batch):
+    x = eval_batch[0][:2]
+    h = bundled.prefix(x)
+    hi, lo = rankers.resolve("norm").scores(bundled, x, h), rankers.resolve("norm-low").scores(bundled, x, h)
+    assert torch.equal(rankers.order_from_scores(lo), rankers.order_from_scores(-hi))
+    assert rankers.resolve("norm-low").name == "norm-low"

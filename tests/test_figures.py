@@ -12,14 +12,15 @@ def fake_results(latency=True):
     for mi, (meth, drop) in enumerate({"golden": 0.02, "predictor": 0.05, "random": 0.15}.items()):
         for r, gf in ((1.0, 0.40), (0.6, 0.27), (0.3, 0.18)):
             acc = 0.8 - drop * (1 - r) * 3
+            over = (65.0 if meth == "golden" else 0.001 * mi) if r < 1 else 0.0   # golden: its search
             rows.append({"method": meth, "ratio": r, "kept": round(196 * r), "extra_tokens": 0,
                          "n": 100, "correct": round(100 * acc), "accuracy": acc,
-                         "ci_low": acc - 0.07, "ci_high": acc + 0.06, "gflops": gf + 0.001 * mi,
-                         "encoder_gflops": gf, "ranker_gflops": 0.001 * mi,
+                         "ci_low": acc - 0.07, "ci_high": acc + 0.06, "gflops": gf + over,
+                         "encoder_gflops": gf, "ranker_gflops": over,
                          "latency_ms": 20 * gf if latency else None,
                          "latency_ms_b1": 20 * gf if latency else None, "latency_ms_b1_min": 19 * gf,
                          "latency_ms_bN": 600 * gf if latency else None, "batch_N": 32 if latency else None,
-                         "speedup_b1": 0.4 / gf if latency else None, "oracle": meth == "golden"})
+                         "speedup_b1": 0.4 / gf if latency else None, "precomputed": meth == "golden"})
     meta = {"model": "bundled", "data": "bundled-eval", "n_images": 100,
             "methods": ["golden", "predictor", "random"], "full": {"accuracy": 0.8, "gflops": 0.4}}
     return {"format": figures.FORMAT, "meta": meta, "rows": rows}
@@ -57,13 +58,16 @@ def test_load_results_and_errors(tmp_path):
 
 def test_plotly_figures_one_line_per_method_with_hover():
     g, lat = figures.tradeoff_figures(fake_results())
-    assert [t.name for t in g.data] == ["golden ranking (oracle)", "predictor", "random"]
+    assert [t.name for t in g.data] == [
+        "golden (one-shot leave-one-out), drawn at encoder cost (+65 GFLOPs search)", "predictor", "random"]
+    assert list(g.data[0].x) == [0.40, 0.27, 0.18]          # the search is named, not drawn
     t = g.data[1]
-    assert list(t.x) == [0.401, 0.271, 0.181] and t.y[0] == pytest.approx(80.0)
+    assert list(t.x) == [0.4, 0.271, 0.181] and t.y[0] == pytest.approx(80.0)
     assert t.error_y.array[0] == pytest.approx(6.0) and t.error_y.arrayminus[0] == pytest.approx(7.0)
     assert "keep ratio 0.60 (118 patches)" in t.text[1] and "GFLOPs 0.271" in t.text[1]
     assert "latency b=1" in t.text[1] and "speedup" in t.text[1]
-    assert "oracle" in g.data[0].text[0] and g.data[0].line.dash == "dot"
+    assert "GFLOPs 65.3" in g.data[0].text[1] and "searched beforehand" in g.data[0].text[1]
+    assert g.data[0].line.dash == "dot" and lat.data[0].name == "golden (one-shot leave-one-out)"
     assert "batch 1" in lat.layout.xaxis.title.text and len(lat.data) == 3
     no_lat = figures.tradeoff_figure(fake_results(latency=False), "latency_ms_b1")
     assert len(no_lat.data) == 0
@@ -80,13 +84,16 @@ def test_png_and_markdown(tmp_path):
     lines = md.splitlines()
     assert lines[0] == "| method | keep 1 | keep 0.6 | keep 0.3 |"
     assert lines[3].startswith("| predictor | 80.0 [73.0, 86.0] | 74.0 [")
-    assert lines[5] == "| GFLOPs (encoder) | 0.4 | 0.27 | 0.18 |"
-    assert "predictor speedup, batch 1" in lines[6]
+    assert "predictor speedup, batch 1" in lines[5]
+    assert lines[7] == "GFLOPs per image, encoder + ranker (1 MAC = 2 FLOPs):"
+    assert lines[11] == "| golden (one-shot leave-one-out) | 0.4 | 65.3 | 65.2 |"
+    assert lines[12] == "| predictor | 0.4 | 0.271 | 0.181 |"
+    assert lines[-1] == "| encoder alone | 0.4 | 0.27 | 0.18 |"
 
 
 def test_cli_main(tmp_path, capsys):
     p = tmp_path / "r.json"
     p.write_text(json.dumps(fake_results()))
     assert figures.main([str(p), "--png", str(tmp_path / "t.png")]) == 0
-    assert "| golden ranking (oracle) |" in capsys.readouterr().out
+    assert "| golden (one-shot leave-one-out) |" in capsys.readouterr().out
     assert figures.main([str(tmp_path / "missing.json")]) == 2

@@ -7,7 +7,7 @@ import patchrank as pr
 from patchrank import forward
 
 # FlopCounterMode has no formula for the CPU flash-attention kernel: register the standard one
-# (ecosystem notes E.2); then the attention matmuls (4*N^2*D per block) are counted.
+# (torch ships formulas for the other SDPA kernels only); then the attention matmuls (4*N^2*D per block) are counted.
 try:
     register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu, get_raw=True)(sdpa_flop)
 except RuntimeError:  # already registered (by torch itself in a newer version, or a rerun)

@@ -247,3 +247,15 @@ def test_bundled_smoke(bundled, eval_batch):
     assert r.order.shape == (1, bundled.num_patches) and int(r.rounds[0]) == 1
     assert int(r.variants[0]) == 1 + 49
     assert r.settings["classnames"] == list(bundled.classnames)
+
+
+@pytest.mark.parametrize("settings", [dict(mode="oneshot"), dict(step=3), dict(step=2, stop_at=0.5),
+                                      dict(mode="oneshot", block=2)])
+def test_search_gflops_is_what_the_search_spends(settings):
+    """The analytic cost a sweep charges to golden rows equals the FLOPs the search counted."""
+    from patchrank.golden import golden_settings, search_gflops
+    m, x = _model(4)
+    r = golden_ranking(m, x[:1], **settings)
+    expected = search_gflops(m, golden_settings(m, **settings))
+    assert expected == pytest.approx(float(r.gflops[0]), rel=1e-9)
+    assert search_gflops(m, golden_settings(m, mode="c2f")) is None

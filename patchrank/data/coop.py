@@ -19,7 +19,7 @@ with paths relative to the dataset's image folder (CoOp's DATASETS.md)::
 
 Class names come from the split file (CoOp's own, e.g. "face" for Caltech's "Faces") with "_"
 shown as spaces, as CoOp's zero-shot CLIP does. Each dataset carries the one hand-written
-prompt CoOp's ``CUSTOM_TEMPLATES`` uses for it (paper-spec b.0).
+prompt CoOp's ``CUSTOM_TEMPLATES`` uses for it (as the paper's code does; docs/paper.md).
 
 Specs for ``open_dataset``: a dataset folder that holds a CoOp split file, optionally with
 ``@train``, ``@val``, ``@test`` (default) or ``@all`` appended, e.g. ``/data/coop/caltech-101@test``.
@@ -54,7 +54,7 @@ class CoopInfo:
     template: str
 
 
-#: CoOp's dataset folders and CUSTOM_TEMPLATES (paper-spec b.0), keyed by our short names.
+#: CoOp's dataset folders and CUSTOM_TEMPLATES (the prompts the paper's code uses), keyed by our short names.
 DATASETS: dict[str, CoopInfo] = {i.key: i for i in (
     CoopInfo("caltech101", "Caltech101", "caltech-101", "101_ObjectCategories",
              "split_zhou_Caltech101.json", "a photo of a {}."),
