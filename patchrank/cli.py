@@ -72,7 +72,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--block", type=int, default=GOLD["block"], help="1 = patches, 2 = 2x2 cells")
     g.add_argument("--stop-at", type=float, default=None, help="keep ratio to stop at (default: full order)")
     g.add_argument("--mode", default=GOLD["mode"], choices=["greedy", "oneshot", "c2f"],
-                   help=f"search (default {GOLD['mode']!r}, the sweeps' and app's golden)")
+                   help=f"oneshot: one leave-one-out round; greedy: the paper's search (step 10); "
+                        f"c2f: coarse-to-fine (default {GOLD['mode']!r}, the sweeps' and app's golden)")
     g.add_argument("--classnames", default=None,
                    help="file with one class name per line (scores 'label'/'max'; overrides the "
                         "dataset's names, e.g. for an unlabelled folder with --score max)")
@@ -92,7 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     tp.add_argument("--data", default=None, help="dataset spec of the rankings (default: the one "
                     "recorded in the ranking folder)")
     tp.add_argument("--out", required=True, help="predictor file (.safetensors)")
-    tp.add_argument("--loss", default="listwise", choices=["kl", "margin", "listwise"])
+    from .predictor import DEFAULT_LOSS, LOSSES     # chosen on bundled-val (README: Predictor)
+    tp.add_argument("--loss", default=DEFAULT_LOSS, choices=sorted(LOSSES),
+                    help="kl: the paper's keep-set target; margin: pairwise; listwise: Plackett-Luce")
     tp.add_argument("--keep-ratio", type=float, default=0.6, help="kept set of the kl target")
     tp.add_argument("--epochs", type=int, default=50)
     tp.add_argument("--batch", type=int, default=64)

@@ -217,6 +217,9 @@ def listwise_loss(scores: torch.Tensor, order: torch.Tensor, **_) -> torch.Tenso
 
 LOSSES: dict[str, Callable[..., torch.Tensor]] = {
     "kl": kl_keep_loss, "margin": margin_loss, "listwise": listwise_loss}
+#: Chosen on ``bundled-val`` (README, "Predictor"): the pairwise margin loss agreed best with
+#: golden rankings of scenes nothing trains on (Kendall tau 0.617 vs 0.607 listwise, 0.535 KL).
+DEFAULT_LOSS = "margin"
 
 
 # -- training -------------------------------------------------------------------------------------
@@ -302,7 +305,7 @@ def _check_orders(orders: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def train_on_features(predictor: Predictor, feats: torch.Tensor, orders: torch.Tensor, *,
-                      loss: str = "listwise", keep_ratio: float = 0.6, epochs: int = 50, batch: int = 64,
+                      loss: str = DEFAULT_LOSS, keep_ratio: float = 0.6, epochs: int = 50, batch: int = 64,
                       lr: float = 1e-3, wd: float = 1e-4, cosine: bool = True,
                       val_fraction: float = 0.1, patience: int | None = 10, seed: int = 0,
                       progress=None, loss_kwargs: dict | None = None,
@@ -406,7 +409,7 @@ def _train(predictor, feats, orders, loss, keep_ratio, epochs, batch, lr, wd, co
                        time.perf_counter() - t0)
 
 
-def train_predictor(m, dataset, rankings, *, loss: str = "listwise", keep_ratio: float = 0.6,
+def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_ratio: float = 0.6,
                     epochs: int = 50, batch: int = 64, lr: float = 1e-3, wd: float = 1e-4,
                     cosine: bool = True, val_fraction: float = 0.1, patience: int | None = 10,
                     seed: int = 0, progress=None, predictor: Predictor | None = None,
