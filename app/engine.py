@@ -43,8 +43,8 @@ DEFAULT_REAL_LABELS = (
 )
 #: Rankers the app knows how to name; any other registered ranker is listed too.
 BUILTIN_ORDERED = ("golden", "predictor", "attention", "norm", "norm-low", "random", "tome")
-GOLDEN_MODES = {"exact": "exact leave-one-out search",
-                "fast": "fast approximate (2x2 cells)"}
+GOLDEN_MODES = {"exact": "one-shot leave-one-out, every patch",
+                "fast": "one-shot leave-one-out on 2x2 cells (4x faster)"}
 
 
 class EngineMissing(RuntimeError):

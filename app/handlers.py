@@ -617,7 +617,7 @@ def load_model(choice: str, arch: str = "", path: str = "", *, session: str | No
     return msg, ", ".join(engine.labels_for(m)), choice
 
 
-#: Above this many GFLOPs on a CPU the golden search defaults to its fast approximate mode.
+#: Above this many GFLOPs on a CPU the golden search defaults to one-shot on 2x2 cells.
 FAST_GOLDEN_GFLOPS = 2.0
 
 

@@ -28,8 +28,9 @@ CSS = """
 """
 DEFAULT_RATIO = 0.5
 INTRO = """# PatchRank: which image patches does CLIP need?
-Upload an image. The **golden ranking** (an exact leave-one-out search at the pruning layer) and the learned **predictor**
-order its patches by importance; the slider keeps the top fraction and prunes the rest at the input
+Upload an image. The **golden ranking** (one-shot leave-one-out: each patch removed alone at the pruning layer, ranked
+by how far that moves the image embedding; the paper's greedy search is `python -m patchrank golden --mode greedy`)
+and the learned **predictor** order its patches by importance; the slider keeps the top fraction and prunes the rest at the input
 of one transformer block, as in *Patch Ranking: Efficient CLIP by Learning to Rank Local Patches*
 (Wu et al., WACV 2025). Rankings are estimates of what this model uses, not explanations."""
 

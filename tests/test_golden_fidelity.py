@@ -151,6 +151,15 @@ def test_real_size_tower_scores_are_precise(vit_b16):
     assert _shared_share(h) < 0.02 and bool((h > 0).all())
     chunked = _subset_harms(m, x, cands, budget_mb=40)        # a few variants per chunk
     _assert_same_order(_order_of(chunked), _order_of(h), "ViT-B-16 chunk sizes")
+    alone = _subset_harms(m, x[1:], cands)
+    _assert_same_order(_order_of(alone), _order_of(h[1:]), "ViT-B-16 alone vs in a batch")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        one = _subset_harms(m, x[:1], cands)
+    finally:
+        torch.set_num_threads(before)
+    _assert_same_order(_order_of(one), _order_of(h[:1]), "ViT-B-16 1 vs 2 threads")
     h64 = _subset_harms(_float64_copy(m), x.double(), cands)
     tau = metrics.kendall_tau(_order_of(h), _order_of(h64))
     assert float(tau.min()) >= 0.99, tau.tolist()
