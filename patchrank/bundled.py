@@ -129,20 +129,23 @@ def bundled_eval(limit: int | None = None) -> EvalSplit:
 
 
 @torch.inference_mode()
-def evaluate_bundled(m=None, ds: EvalSplit | None = None, seed: int = 0, batch: int = 100) -> dict:
+def evaluate_bundled(m=None, ds: EvalSplit | None = None, seed: int = 0, batch: int = 100,
+                     limit: int | None = None, progress: bool = False) -> dict:
     """The model card's numbers: zero-shot top-1, and whether the model looks at the object.
 
     Pruning at the model's prune layer, per image: (a) remove the target's patches (coverage > 0)
     vs remove as many random patches; (b) keep only the target's patches.
-    Images whose target covers every patch (none here) would be skipped in (a)."""
+    Images whose target covers every patch (none here) would be skipped in (a). ``limit``: the
+    first N scenes only (a quick check that an install works; the card's numbers use all)."""
     import patchrank as pr
+    from tqdm import tqdm
     m = m or pr.load_model()
-    ds = ds or bundled_eval()
+    ds = ds or bundled_eval(limit)
     clf = m.zero_shot(list(ds.classnames))
     g = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(ds.labels)
     full, no_target, no_random, only_target = [], [], [], []
-    for i0 in range(0, len(ds), batch):
+    for i0 in tqdm(range(0, len(ds), batch), disable=not progress, unit="batch", desc="eval-bundled"):
         x = torch.stack([m.preprocess(im) for im in ds.images[i0:i0 + batch]])
         full.append(clf.predict(m.encode_image(x)))
         for j in range(len(x)):
