@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import patchrank as pr
+from patchrank.bundled import BUNDLED_DIR
 from patchrank.errors import PatchRankError
 
 from . import engine, plots, render
@@ -31,8 +32,8 @@ from .inputs import InputError, check_choice, check_ratio, file_path, load_image
 from .store import LRU, MAX_PREDICTORS_PER_SESSION, session as get_session
 
 Progress = Callable[..., Any] | None
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-EXAMPLES_DIR = ASSETS / "examples"
+#: Example photos: repository-only (not in the wheel), like the results the trade-off tab reads.
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 #: Finished analyses shared by all sessions (same model + predictor + image + golden mode).
 ANALYSES: LRU = LRU(24)
 _ANALYSIS_LOCKS: LRU = LRU(64)
@@ -721,7 +722,7 @@ def example_files(scenes: int = 6) -> list[str]:
     out: list[str] = []
     with _EXAMPLES_LOCK:
         try:
-            src = ASSETS / "bundled" / "eval.npz"
+            src = BUNDLED_DIR / "eval.npz"
             d = app_tmp() / f"examples-{src.stat().st_size}-{int(src.stat().st_mtime)}"
             ds = pr.bundled_eval(limit=200)
             d.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,7 @@
-"""The bundled model and its evaluation split (``assets/bundled/``), loaded offline.
+"""The bundled model and its evaluation split (``patchrank/assets/bundled/``), loaded offline.
+
+They ship inside the package (package data of the wheel), so ``pip install`` gives a working
+``load_model()`` with no repository and no download.
 
 Files (each far below the Hub's 10 MB limit):
 - ``config.json``: open_clip model config, prune layer, class names, zero-shot template.
@@ -22,16 +25,18 @@ import torch
 
 from .errors import WeightsUnavailable
 
-ASSETS = Path(os.environ.get("PATCHRANK_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
+#: The package's data folder; ``PATCHRANK_ASSETS`` points it elsewhere (a folder holding
+#: ``bundled/``), e.g. to try a retrained model without reinstalling.
+ASSETS = Path(os.environ.get("PATCHRANK_ASSETS", Path(__file__).resolve().parent / "assets"))
 BUNDLED_DIR = ASSETS / "bundled"
 EVAL_SEED = 1
 
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise WeightsUnavailable(f"bundled asset missing: {path}. It ships with the PatchRank "
-                                 "repository (assets/bundled); run from a full clone or set "
-                                 "PATCHRANK_ASSETS to the assets folder.")
+        raise WeightsUnavailable(f"bundled asset missing: {path}. It ships inside the patchrank "
+                                 "package (patchrank/assets/bundled); reinstall the package or set "
+                                 "PATCHRANK_ASSETS to a folder holding bundled/.")
     return path
 
 

@@ -1,6 +1,6 @@
 """``load_model``: an open_clip CLIP with a ViT image tower, wrapped as a ``PatchModel``.
 
-Sources of weights: ``"bundled"`` (this project's small CLIP in ``assets/bundled``, offline),
+Sources of weights: ``"bundled"`` (this project's small CLIP in ``patchrank/assets/bundled``, offline),
 an open_clip model name with a pretrained *tag* (downloaded through the Hugging Face cache, e.g. on
 Spaces), a name with a local checkpoint file (``.pt``/``.bin`` read with ``weights_only=True``, or
 ``.safetensors``), ``"local-dir:/path"`` (open_clip's folder layout), or a name with

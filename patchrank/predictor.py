@@ -151,7 +151,7 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def load_predictor(path: str | os.PathLike | None = None, model=None) -> Predictor:
-    """Load a predictor file (default: the bundled one, ``assets/bundled/predictor.safetensors``).
+    """Load a predictor file (default: the bundled one, ``patchrank/assets/bundled/predictor.safetensors``).
 
     With ``model``, a file made for another model (other id, shape or prune layer) is refused
     with ``ModelMismatch`` naming both ids; without it the check happens at first use."""

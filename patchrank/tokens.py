@@ -295,7 +295,7 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def load_tokens(path: str | os.PathLike | None = None, model=None) -> LearnableTokens:
-    """Load learnable tokens (default: the bundled ones, ``assets/bundled/tokens.safetensors``).
+    """Load learnable tokens (default: the bundled ones, ``patchrank/assets/bundled/tokens.safetensors``).
     With ``model``, tokens made for another model are refused with ``ModelMismatch``."""
     from safetensors.torch import load_file
     if path is None:
@@ -303,7 +303,7 @@ def load_tokens(path: str | os.PathLike | None = None, model=None) -> LearnableT
         if not path.is_file():
             raise WeightsUnavailable(f"the bundled learnable tokens are missing ({path}); train "
                                      "them with `python -m patchrank tune-tokens --model bundled "
-                                     "--ranker predictor --out assets/bundled/tokens.safetensors`")
+                                     "--ranker predictor --out patchrank/assets/bundled/tokens.safetensors`")
     elif not Path(path).is_file():
         raise WeightsUnavailable(f"tokens file not found: {path}")
     head = read_header(path)
