@@ -375,7 +375,7 @@ def golden_views(ratio: float, left: str, right: str, *, session: str | None = N
 # -- pruned forward on release --------------------------------------------------------------------
 def _labels(labels: Any) -> list[str]:
     try:
-        return parse_labels(labels)
+        return parse_labels(labels, presets=[engine.IMAGENET_LABELS])
     except InputError as e:
         raise _fail(e) from None
 
@@ -606,7 +606,22 @@ def load_model(choice: str, arch: str = "", path: str = "", *, session: str | No
     if pred is None:
         msg += (f"  \n**No predictor for this model**: {why}."
                 + ("" if "train-predictor" in why else f" {TRAIN_HINT}"))
-    return msg, ", ".join(engine.labels_for(m)), choice
+    return msg, ", ".join(engine.labels_for(m, sess.label_preset)), choice
+
+
+def label_preset(preset: str, *, session: str | None = None) -> str:
+    """Switch the session's label set for real CLIP (``engine.LABEL_PRESETS``); returns the
+    labels text (a model with its own classes keeps them). The choice is kept when the model
+    changes. The first use of ImageNet on a real CLIP encodes 998 prompts (minutes on 2 CPU
+    cores for ViT-B; cached on the model afterwards)."""
+    try:
+        preset = check_choice(preset, list(engine.LABEL_PRESETS), "label set")
+    except InputError as e:
+        raise _fail(e) from None
+    sess = get_session(session)
+    sess.label_preset = preset
+    _, m = _model_for(sess)
+    return ", ".join(engine.labels_for(m, preset))
 
 
 #: Above this many GFLOPs on a CPU the golden search defaults to its fast approximate mode.
