@@ -7,33 +7,26 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
+from tests.test_spaces import needs_git
 
 ROOT = Path(__file__).resolve().parent.parent
 
 #: Standard-library modules that exist on POSIX systems only (Windows has none of them).
 POSIX_ONLY = {"fcntl", "termios", "tty", "pty", "pwd", "grp", "resource", "posix", "syslog",
-              "crypt", "spwd", "nis", "posixpath"}
-
-
-def _needs_git():
-    if not (ROOT / ".git").exists():
-        if os.environ.get("CI"):
-            pytest.fail("CI must run on a git checkout")
-        pytest.skip("not a git checkout")
+              "crypt", "spwd", "nis"}
 
 
 def test_wheel_installs_and_runs_outside_the_checkout():
     """.ci/wheel-check: build, install into a fresh venv elsewhere, run `patchrank --version`,
     `patchrank eval-bundled --limit 50` and `pr.load_model()` from another folder."""
-    _needs_git()
+    needs_git()
     t = time.perf_counter()
     res = subprocess.run(["bash", str(ROOT / ".ci" / "wheel-check"), sys.executable],
                          capture_output=True, text=True, timeout=900,
                          env={**os.environ, "PYTHONPATH": ""})
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     out = res.stdout
-    assert "Requires-Dist: 11 declared, all satisfied" in out or "all satisfied" in out
+    assert "all satisfied" in out
     assert f"patchrank {__import__('patchrank').__version__}" in out
     assert '"images": 50' in out and "load_model: bundled/" in out and "wheel-check: ok" in out
     print(f"wheel-check took {time.perf_counter() - t:.1f} s")
