@@ -21,7 +21,6 @@ boundary at one ratio; which wins on golden rankings is for the measured compari
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys

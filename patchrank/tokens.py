@@ -25,7 +25,6 @@ accuracies) in the metadata; ``load_tokens`` refuses a file made for another mod
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
