@@ -11,7 +11,12 @@ from __future__ import annotations
 import argparse
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..models import PatchModel
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -150,12 +155,13 @@ def batch_list(text: str) -> list[int]:
 
 
 # -- the model the shared options name ---------------------------------------------------------------
-def torch_dtype(name: str):
+def torch_dtype(name: str) -> "torch.dtype":
+    """``--dtype``'s text as the torch dtype (torch is imported only when a command runs)."""
     import torch
     return getattr(torch, name)
 
 
-def load(a: argparse.Namespace, dtype: str | None = None):
+def load(a: argparse.Namespace, dtype: str | None = None) -> "PatchModel":
     """The PatchModel named by the shared options; ``dtype`` overrides ``--dtype`` (golden keeps
     float32 weights and autocasts its search instead)."""
     from ..models import load_model

@@ -188,7 +188,7 @@ def run_tune_tokens(a: argparse.Namespace) -> dict:
             "ranker": t.meta["ranker"], "train": log.summary(), "accuracy": t.meta.get("accuracy")}
 
 
-def resolve_ranker(spec: str, m):
+def resolve_ranker(spec: str, m) -> tuple[object, str | None]:
     """--ranker: 'predictor' = the bundled predictor; a path = a predictor file; else a
     registered ranker name. Returns (ranker, source file or None)."""
     from .. import rankers
