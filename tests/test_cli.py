@@ -88,9 +88,12 @@ def test_version(capsys):
 
 
 def test_json_on_stdout(capsys):
+    import torch
+    before = torch.get_num_threads()
     assert cli.main(["eval-bundled", "--limit", "12", "--no-progress", "--threads", "1"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["images"] == 12 and 0 <= out["top1"] <= 100
+    assert torch.get_num_threads() == before        # --threads lasts for the command only
 
 
 def test_run_time_errors_are_one_line_naming_the_file(tmp_path, capsys):

@@ -8,10 +8,11 @@ shared options from ``options.shared_options``) and one error handler (``run``).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import sys
-from typing import Sequence
+from typing import Iterator, Sequence
 
 from .. import __version__
 from ..jsonl import finite
@@ -54,10 +55,8 @@ def run(a: argparse.Namespace) -> int:
     """The one error handler: the command's result as JSON on stdout and exit 0; any failure
     as one line on stderr and exit 1; Ctrl-C exits 130."""
     try:
-        if getattr(a, "threads", None):
-            import torch
-            torch.set_num_threads(a.threads)
-        result = a.run(a)
+        with threads(getattr(a, "threads", None)):
+            result = a.run(a)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
@@ -69,6 +68,22 @@ def run(a: argparse.Namespace) -> int:
     if result is not None:
         print(json.dumps(finite(result)))
     return 0
+
+
+@contextlib.contextmanager
+def threads(n: int | None) -> Iterator[None]:
+    """``--threads`` for the command's duration: restored after, so ``main()`` called from
+    Python (tests, notebooks) leaves the caller's setting as it was."""
+    if not n:
+        yield
+        return
+    import torch
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 def one_line(e: BaseException) -> str:
