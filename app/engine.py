@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
+import open_clip
 import torch
 
 import patchrank as pr
@@ -41,6 +42,12 @@ DEFAULT_REAL_LABELS = (
     "boat", "cup of coffee", "flower", "tree", "building", "pagoda", "coins", "camera", "galaxy",
     "retina", "food", "book",
 )
+#: open_clip's 1,000 ImageNet class names as labels: 998 distinct ("missile" and "sunglasses"
+#: each name two classes, which a text prompt cannot tell apart).
+IMAGENET_LABELS = tuple(dict.fromkeys(open_clip.IMAGENET_CLASSNAMES))
+#: Label sets the app prefills for real CLIP: key -> what the selector shows. A model with
+#: classes of its own (the bundled one, whose text encoder knows only their words) keeps them.
+LABEL_PRESETS = {"everyday": "everyday things", "imagenet": "ImageNet: open_clip's 1,000 classes"}
 #: Rankers the app knows how to name; any other registered ranker is listed too.
 BUILTIN_ORDERED = ("golden", "predictor", "attention", "norm", "norm-low", "random", "tome")
 GOLDEN_MODES = {"exact": "one-shot leave-one-out, every patch",
@@ -118,9 +125,12 @@ def local_spec(arch: str, path: str) -> tuple[str, dict]:
 REGISTRY = ModelRegistry()
 
 
-def labels_for(m: pr.PatchModel) -> list[str]:
-    """The class labels to prefill for a model: its own classes, else a general list."""
-    return list(m.classnames) if m.classnames else list(DEFAULT_REAL_LABELS)
+def labels_for(m: pr.PatchModel, preset: str = "everyday") -> list[str]:
+    """The class labels to prefill: the model's own classes when it has some, else (real CLIP)
+    the chosen preset: everyday things, or ImageNet's classes."""
+    if m.classnames:
+        return list(m.classnames)
+    return list(IMAGENET_LABELS if preset == "imagenet" else DEFAULT_REAL_LABELS)
 
 
 def describe(m: pr.PatchModel) -> str:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 import patchrank as pr
+from patchrank.bundled import BUNDLED_DIR
 from patchrank.errors import PatchRankError
 
 from . import engine, plots, render
@@ -31,8 +32,8 @@ from .inputs import InputError, check_choice, check_ratio, file_path, load_image
 from .store import LRU, MAX_PREDICTORS_PER_SESSION, session as get_session
 
 Progress = Callable[..., Any] | None
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
-EXAMPLES_DIR = ASSETS / "examples"
+#: Example photos: repository-only (not in the wheel), like the results the trade-off tab reads.
+EXAMPLES_DIR = Path(__file__).resolve().parent.parent / "assets" / "examples"
 #: Finished analyses shared by all sessions (same model + predictor + image + golden mode).
 ANALYSES: LRU = LRU(24)
 _ANALYSIS_LOCKS: LRU = LRU(64)
@@ -377,7 +378,7 @@ def golden_views(ratio: float, left: str, right: str, *, session: str | None = N
 # -- pruned forward on release --------------------------------------------------------------------
 def _labels(labels: Any) -> list[str]:
     try:
-        return parse_labels(labels)
+        return parse_labels(labels, presets=[engine.IMAGENET_LABELS])
     except InputError as e:
         raise _fail(e) from None
 
@@ -614,7 +615,22 @@ def load_model(choice: str, arch: str = "", path: str = "", *, session: str | No
     if pred is None:
         msg += (f"  \n**No predictor for this model**: {why}."
                 + ("" if "train-predictor" in why else f" {TRAIN_HINT}"))
-    return msg, ", ".join(engine.labels_for(m)), choice
+    return msg, ", ".join(engine.labels_for(m, sess.label_preset)), choice
+
+
+def label_preset(preset: str, *, session: str | None = None) -> str:
+    """Switch the session's label set for real CLIP (``engine.LABEL_PRESETS``); returns the
+    labels text (a model with its own classes keeps them). The choice is kept when the model
+    changes. The first use of ImageNet on a real CLIP encodes 998 prompts (minutes on 2 CPU
+    cores for ViT-B; cached on the model afterwards)."""
+    try:
+        preset = check_choice(preset, list(engine.LABEL_PRESETS), "label set")
+    except InputError as e:
+        raise _fail(e) from None
+    sess = get_session(session)
+    sess.label_preset = preset
+    _, m = _model_for(sess)
+    return ", ".join(engine.labels_for(m, preset))
 
 
 #: Above this many GFLOPs on a CPU the golden search defaults to one-shot on 2x2 cells.
@@ -730,7 +746,7 @@ def example_files(scenes: int = 6) -> list[str]:
     out: list[str] = []
     with _EXAMPLES_LOCK:
         try:
-            src = ASSETS / "bundled" / "eval.npz"
+            src = BUNDLED_DIR / "eval.npz"
             d = app_tmp() / f"examples-{src.stat().st_size}-{int(src.stat().st_mtime)}"
             ds = pr.bundled_eval(limit=200)
             d.mkdir(parents=True, exist_ok=True)

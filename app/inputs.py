@@ -11,7 +11,7 @@ import os
 import re
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable, Sequence
 
 from PIL import Image, UnidentifiedImageError
 
@@ -21,7 +21,8 @@ from patchrank.data.images import load_image as engine_load_image
 MAX_PIXELS = 40_000_000
 #: Smallest side accepted, in pixels.
 MIN_SIDE = 8
-#: Most labels accepted in the class-labels box (the engine allows more, the page stays readable).
+#: Most labels accepted in the class-labels box (the engine allows more, the page stays readable);
+#: a preset the app offers (ImageNet's 1,000 classes) is accepted whole.
 MAX_LABELS = 100
 MAX_LABEL_CHARS = 80
 #: Keep-ratio bounds of the slider and of the API.
@@ -117,11 +118,11 @@ def _check_size(size: tuple[int, int]) -> None:
 _SPLIT = re.compile(r"[\n,;]+")
 
 
-def parse_labels(text: Any) -> list[str]:
+def parse_labels(text: Any, presets: Iterable[Sequence[str]] = ()) -> list[str]:
     """Class labels from a comma/semicolon/newline separated string (or a list).
 
     Blank entries are dropped and repeats removed (first kept); refuses none, more than
-    MAX_LABELS, or labels longer than MAX_LABEL_CHARS."""
+    MAX_LABELS unless they are exactly one of ``presets``, or labels longer than MAX_LABEL_CHARS."""
     if text is None:
         text = ""
     if isinstance(text, (list, tuple)):
@@ -138,7 +139,7 @@ def parse_labels(text: Any) -> list[str]:
             out.append(name)
     if not out:
         raise InputError("Enter at least one class label (names separated by commas or new lines).")
-    if len(out) > MAX_LABELS:
+    if len(out) > MAX_LABELS and not any(out == list(p) for p in presets):
         raise InputError(f"{len(out)} class labels given; this app accepts at most {MAX_LABELS}. "
                          "Keep the ones you want to compare.")
     long = [n for n in out if len(n) > MAX_LABEL_CHARS]

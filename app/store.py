@@ -65,6 +65,7 @@ class Session:
     analysis: Any = None                                    # the current Analysis, or None
     predictors: dict[str, Any] = field(default_factory=dict)   # model_id -> uploaded predictor
     exports: list[str] = field(default_factory=list)        # this session's export folder(s)
+    label_preset: str = "everyday"                          # engine.LABEL_PRESETS key
 
 
 #: Most sessions remembered at once; the oldest idle one is forgotten first.

@@ -171,6 +171,11 @@ def on_pick_model(choice, arch, path, request: gr.Request, progress=gr.Progress(
     return on_load_model(choice, arch, path, request, progress)
 
 
+def on_label_preset(preset, request: gr.Request):
+    """Fill the labels box with a label set (the session keeps it across model changes)."""
+    return H.label_preset(preset, session=_sid(request))
+
+
 def on_upload_predictor(file, request: gr.Request):
     """Use an uploaded predictor file for the current model (refused if made for another model)."""
     return H.upload_predictor(file, session=_sid(request))
@@ -237,6 +242,10 @@ def build_demo(golden_mode: str = "exact") -> gr.Blocks:
                     labels = gr.Textbox(", ".join(engine.labels_for(m)), lines=3, max_lines=8,
                                         label="Class labels (comma or newline separated)",
                                         elem_id="pr-labels")
+                    preset = gr.Radio([(v, k) for k, v in engine.LABEL_PRESETS.items()],
+                                      value="everyday", label="Labels for real CLIP", elem_id="pr-label-set",
+                                      info="the bundled model keeps its 6 classes; ImageNet's first "
+                                           "use encodes 998 prompts (minutes on 2 CPU cores)")
                     with gr.Accordion("Model and predictor", open=False):
                         model = gr.Dropdown(model_choices, value="bundled", label="Model",
                                             elem_id="pr-model")
@@ -330,6 +339,9 @@ def build_demo(golden_mode: str = "exact") -> gr.Blocks:
               trigger_mode="always_last", **model_kw).success(
             _after_curve, [labels], [curve_plot, curve_md], api_visibility="private", **model_kw)
         use_tokens.change(_after_prune, prune_in, prune_out, api_visibility="private", **model_kw)
+        preset.input(on_label_preset, [preset], [labels], api_name="label_preset").success(
+            _after_prune, prune_in, prune_out, api_visibility="private", **model_kw).success(
+            _after_curve, [labels], [curve_plot, curve_md], api_visibility="private", **model_kw)
         export_btn.click(on_export, [ratio, left, right, labels], [files], api_name="export", **model_kw)
         model_out = [model_status, labels, model, local_box, golden_mode]
         follow_ups(model.input(on_pick_model, [model, arch, ckpt], model_out, api_visibility="private",

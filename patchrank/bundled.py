@@ -1,4 +1,7 @@
-"""The bundled model and its evaluation split (``assets/bundled/``), loaded offline.
+"""The bundled model and its evaluation split (``patchrank/assets/bundled/``), loaded offline.
+
+They ship inside the package (package data of the wheel), so ``pip install`` gives a working
+``load_model()`` with no repository and no download.
 
 Files (each far below the Hub's 10 MB limit):
 - ``config.json``: open_clip model config, prune layer, class names, zero-shot template.
@@ -22,16 +25,18 @@ import torch
 
 from .errors import WeightsUnavailable
 
-ASSETS = Path(os.environ.get("PATCHRANK_ASSETS", Path(__file__).resolve().parent.parent / "assets"))
+#: The package's data folder; ``PATCHRANK_ASSETS`` points it elsewhere (a folder holding
+#: ``bundled/``), e.g. to try a retrained model without reinstalling.
+ASSETS = Path(os.environ.get("PATCHRANK_ASSETS", Path(__file__).resolve().parent / "assets"))
 BUNDLED_DIR = ASSETS / "bundled"
 EVAL_SEED = 1
 
 
 def _require(path: Path) -> Path:
     if not path.is_file():
-        raise WeightsUnavailable(f"bundled asset missing: {path}. It ships with the PatchRank "
-                                 "repository (assets/bundled); run from a full clone or set "
-                                 "PATCHRANK_ASSETS to the assets folder.")
+        raise WeightsUnavailable(f"bundled asset missing: {path}. It ships inside the patchrank "
+                                 "package (patchrank/assets/bundled); reinstall the package or set "
+                                 "PATCHRANK_ASSETS to a folder holding bundled/.")
     return path
 
 
@@ -129,20 +134,23 @@ def bundled_eval(limit: int | None = None) -> EvalSplit:
 
 
 @torch.inference_mode()
-def evaluate_bundled(m=None, ds: EvalSplit | None = None, seed: int = 0, batch: int = 100) -> dict:
+def evaluate_bundled(m=None, ds: EvalSplit | None = None, seed: int = 0, batch: int = 100,
+                     limit: int | None = None, progress: bool = False) -> dict:
     """The model card's numbers: zero-shot top-1, and whether the model looks at the object.
 
     Pruning at the model's prune layer, per image: (a) remove the target's patches (coverage > 0)
     vs remove as many random patches; (b) keep only the target's patches.
-    Images whose target covers every patch (none here) would be skipped in (a)."""
+    Images whose target covers every patch (none here) would be skipped in (a). ``limit``: the
+    first N scenes only (a quick check that an install works; the card's numbers use all)."""
     import patchrank as pr
+    from tqdm import tqdm
     m = m or pr.load_model()
-    ds = ds or bundled_eval()
+    ds = ds or bundled_eval(limit)
     clf = m.zero_shot(list(ds.classnames))
     g = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(ds.labels)
     full, no_target, no_random, only_target = [], [], [], []
-    for i0 in range(0, len(ds), batch):
+    for i0 in tqdm(range(0, len(ds), batch), disable=not progress, unit="batch", desc="eval-bundled"):
         x = torch.stack([m.preprocess(im) for im in ds.images[i0:i0 + batch]])
         full.append(clf.predict(m.encode_image(x)))
         for j in range(len(x)):

@@ -332,32 +332,25 @@ def _coerce(results) -> SweepResults:
     return parse_results(results)
 
 
+def save_html(results: dict, path: str | os.PathLike) -> Path:
+    """Both trade-off figures (accuracy vs GFLOPs, vs latency) as one HTML page; plotly.js is
+    loaded from its CDN, so the page stays small."""
+    g, lat = tradeoff_figures(results)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        f.write(g.to_html(full_html=True, include_plotlyjs="cdn"))
+        f.write(lat.to_html(full_html=False, include_plotlyjs=False))
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m patchrank.figures RESULTS.json [--png docs/tradeoff.png] [--html F.html]``:
-    prints the markdown table; writes the PNG / a two-figure HTML page (plotly.js from its CDN)."""
-    import argparse
+    """``python -m patchrank.figures RESULTS.json [--png F] [--html F]``: the same as
+    ``patchrank figures`` (kept for the commands earlier READMEs showed)."""
     import sys
-    ap = argparse.ArgumentParser(prog="python -m patchrank.figures", description=main.__doc__)
-    ap.add_argument("results")
-    ap.add_argument("--png", default=None)
-    ap.add_argument("--html", default=None)
-    a = ap.parse_args(argv)
-    try:
-        res = load_results(a.results)
-        if a.png:
-            print(f"wrote {save_png(res, a.png)}", file=sys.stderr)
-        if a.html:
-            g, lat = tradeoff_figures(res)
-            Path(a.html).parent.mkdir(parents=True, exist_ok=True)
-            with open(a.html, "w") as f:
-                f.write(g.to_html(full_html=True, include_plotlyjs="cdn"))
-                f.write(lat.to_html(full_html=False, include_plotlyjs=False))
-            print(f"wrote {a.html}", file=sys.stderr)
-        print(markdown_table(res))
-    except PatchRankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+
+    from .cli import main as cli_main
+    return cli_main(["figures", *(sys.argv[1:] if argv is None else argv)])
 
 
 if __name__ == "__main__":

@@ -615,46 +615,6 @@ def read_classnames_file(path: str, current: Sequence[str] | None) -> tuple[str,
     return tuple(names)
 
 
-def cli_main(a) -> int:
-    """``python -m patchrank golden`` (arguments in cli.py); torchrun-aware."""
-    import json
-    import os
-    import sys
-
-    import torch.distributed as dist
-
-    from .data.datasets import open_dataset
-    from .models import load_model
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    device = a.device
-    if world > 1:
-        backend = "gloo" if device == "cpu" else "nccl"
-        if device != "cpu":
-            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(device)
-        dist.init_process_group(backend=backend)
-    try:
-        dtype = {"float32": None, "bfloat16": torch.bfloat16, "float16": torch.float16}[a.dtype]
-        ds = open_dataset(a.data, a.limit)            # fail fast on a bad --data
-        if getattr(a, "classnames", None):
-            ds.classnames = read_classnames_file(a.classnames, ds.classnames)
-        m = load_model(a.model, a.pretrained, prune_layer=a.prune_layer, device=device)
-        summary = rank_dataset(m, ds, a.out, score=a.score, step=a.step, block=a.block,
-                               stop_at=a.stop_at, mode=a.mode, lazy=a.lazy, dtype=dtype,
-                               limit=a.limit, batch_budget_mb=a.batch_budget_mb,
-                               progress=not a.no_progress)
-        if not _dist() or dist.get_rank() == 0:
-            print(json.dumps(summary))
-        return 0
-    except PatchRankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
-
-
 # -- rankers registry --------------------------------------------------------------------------
 #: Default golden variant for sweeps, the app and the CLI: one-shot leave-one-out with the
 #: label-free score. Chosen on ``bundled-val`` by ``benchmarks/golden_variants.py`` (README: the

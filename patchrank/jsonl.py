@@ -3,16 +3,33 @@
 Used by the golden ranking shards (``store``) and the sweep's cell file (``sweep``). A record is
 one line, written whole, flushed and fsynced before the next; a killed writer leaves at most a
 partial last line, which readers skip and the next writer truncates before appending.
+
+One writer per file is enforced with ``filelock`` (flock on POSIX, ``msvcrt`` locking on Windows)
+on a hidden ``.<name>.lock`` beside the file: a separate file because the lock library may
+create or truncate its lock path, and hidden so that globs of the data (``shard-*``) never see it.
 """
 from __future__ import annotations
 
-import fcntl
 import json
+import math
 import os
 from pathlib import Path
 from typing import Iterator
 
+from filelock import FileLock, Timeout
+
 from .errors import PatchRankError
+
+
+def finite(obj):
+    """JSON has no NaN/inf: write them as null (results files and the CLI's stdout alike)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [finite(v) for v in obj]
+    return obj
 
 
 def read_records(path: str | os.PathLike, damaged_hint: str) -> Iterator[tuple[int, dict]]:
@@ -34,15 +51,25 @@ class AppendLog:
 
     def __init__(self, path: str | os.PathLike, lock: bool = False):
         self.path = Path(path)
-        self._f = open(self.path, "ab+")
+        self._lock = None
         if lock:
+            self._lock = FileLock(self.path.with_name(f".{self.path.name}.lock"))
             try:
-                fcntl.flock(self._f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                self._f.close()
+                self._lock.acquire(timeout=0)
+            except Timeout:
                 raise PatchRankError(f"{self.path} is being written by another process; wait for "
                                      "it or use another output folder") from None
+        try:
+            self._f = open(self.path, "ab+")
+        except OSError:
+            self._release()
+            raise
         self._repair_tail()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
     def _repair_tail(self) -> None:
         """Drop a partial last line left by a killed writer, so appends start on a fresh line."""
@@ -75,3 +102,4 @@ class AppendLog:
     def close(self) -> None:
         if not self._f.closed:
             self._f.close()
+        self._release()

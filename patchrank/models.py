@@ -1,6 +1,6 @@
 """``load_model``: an open_clip CLIP with a ViT image tower, wrapped as a ``PatchModel``.
 
-Sources of weights: ``"bundled"`` (this project's small CLIP in ``assets/bundled``, offline),
+Sources of weights: ``"bundled"`` (this project's small CLIP in ``patchrank/assets/bundled``, offline),
 an open_clip model name with a pretrained *tag* (downloaded through the Hugging Face cache, e.g. on
 Spaces), a name with a local checkpoint file (``.pt``/``.bin`` read with ``weights_only=True``, or
 ``.safetensors``), ``"local-dir:/path"`` (open_clip's folder layout), or a name with
@@ -23,7 +23,7 @@ import torch
 from . import flops as _flops
 from . import forward, rankers
 from .errors import PatchRankError, WeightsUnavailable
-from .zeroshot import ZeroShotClassifier, check_templates, clean_classnames, text_embeddings
+from .zeroshot import Template, ZeroShotClassifier, check_templates, clean_classnames, text_embeddings
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
 
@@ -169,8 +169,10 @@ class PatchModel:
 
     # -- text side ----------------------------------------------------------------------------
     def zero_shot(self, classnames: Sequence[str] | None = None,
-                  templates: Sequence[str] | str | None = None) -> ZeroShotClassifier:
-        """Cached zero-shot classifier; ``templates="ensemble"`` averages a prompt ensemble."""
+                  templates: Sequence[Template] | Template | None = None) -> ZeroShotClassifier:
+        """Cached zero-shot classifier. ``templates``: format strings with ``{}`` or callables
+        (open_clip's template lists work as given); ``"ensemble"``: open_clip's 80 OpenAI
+        ImageNet prompts; default: the model's own prompt."""
         if classnames is None:
             if self.classnames is None:
                 raise PatchRankError("this model has no default class names; pass classnames")

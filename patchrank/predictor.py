@@ -21,7 +21,6 @@ boundary at one ratio; which wins on golden rankings is for the measured compari
 from __future__ import annotations
 
 import copy
-import json
 import math
 import os
 import sys
@@ -151,7 +150,7 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def load_predictor(path: str | os.PathLike | None = None, model=None) -> Predictor:
-    """Load a predictor file (default: the bundled one, ``assets/bundled/predictor.safetensors``).
+    """Load a predictor file (default: the bundled one, ``patchrank/assets/bundled/predictor.safetensors``).
 
     With ``model``, a file made for another model (other id, shape or prune layer) is refused
     with ``ModelMismatch`` naming both ids; without it the check happens at first use."""
@@ -457,31 +456,3 @@ def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_rati
     if meta:
         res.predictor.meta["rankings"] = {k: meta.get(k) for k in ("settings", "settings_hash", "data")}
     return res
-
-
-def cli_main(a) -> int:
-    """``python -m patchrank train-predictor``: JSON summary on stdout, progress on stderr."""
-    from . import store
-    from .data.datasets import open_dataset
-    from .models import load_model
-    try:
-        meta, ranks = store.load_rankings(a.rankings)
-        m = load_model(a.model, a.pretrained)
-        layer = (meta.get("settings") or {}).get("prune_layer")
-        if layer is not None:
-            m.prune_layer = int(layer)      # the predictor must read the layer the rankings pruned
-        data = a.data or meta.get("data")
-        if not data:
-            raise PatchRankError("give --data: the dataset spec the rankings were made from")
-        res = train_predictor(m, open_dataset(data), (meta, ranks), loss=a.loss,
-                              keep_ratio=a.keep_ratio, epochs=a.epochs, batch=a.batch, lr=a.lr,
-                              wd=a.wd, val_fraction=a.val_fraction,
-                              patience=a.patience if a.patience > 0 else None, seed=a.seed,
-                              progress=not a.no_progress, threads=a.threads)
-        path = res.predictor.save(a.out)
-    except PatchRankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
-                      **res.summary(), "cost": res.predictor.cost(m, a.keep_ratio)}))
-    return 0

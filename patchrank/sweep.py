@@ -71,7 +71,7 @@ import numpy as np
 import torch
 
 from . import forward, rankers
-from .jsonl import AppendLog, read_records
+from .jsonl import AppendLog, finite, read_records
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
 FORMAT = "patchrank-sweep/1"
@@ -735,11 +735,18 @@ def _atomic_write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
+def write_json(path: str | os.PathLike, obj) -> Path:
+    """``obj`` as indented JSON at ``path`` (folders made, NaN/inf as null), replaced atomically
+    so a reader never sees half a file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic_write(path, json.dumps(finite(obj), indent=1))
+    return path
+
+
 def write_results(results: dict, out: str | os.PathLike) -> tuple[Path, Path]:
     """Write the results JSON at ``out`` and the rows as CSV beside it (same stem, ``.csv``)."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out, json.dumps(_finite(results), indent=1))
+    out = write_json(out, results)
     csv_path = out.with_suffix(".csv")
     tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
     with open(tmp, "w", newline="") as f:
@@ -749,17 +756,6 @@ def write_results(results: dict, out: str | os.PathLike) -> tuple[Path, Path]:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in ROW_FIELDS})
     os.replace(tmp, csv_path)
     return out, csv_path
-
-
-def _finite(obj):
-    """JSON has no NaN/inf: write them as null."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
 
 
 # -- reproduce: the paper's README table ----------------------------------------------------------
@@ -772,14 +768,16 @@ REPRODUCE_METHODS = ("attention+fuse", "tome", "attention", "random", "predictor
 
 
 def reproduce(m, root: str | os.PathLike, datasets: Sequence[str], *,
-              methods: Sequence[str] = REPRODUCE_METHODS, ratio: float = 0.6, split: str = "test",
-              out_dir: str | os.PathLike | None = None, rankings_root: str | os.PathLike | None = None,
-              batch: int = 64, limit: int | None = None, latency_batches: Sequence[int] = (),
-              repeats: int = 5, predictor=None, tokens=None, progress: bool = True) -> dict:
-    """Sweep each CoOp dataset under ``root`` at keep ``ratio`` (plus 1.0 for the unpruned
-    baseline) and return {"table": markdown, "results": {dataset key: results}}. Per dataset its
-    CoOp prompt is used; ``out_dir`` keeps each sweep resumable as ``<out_dir>/<key>.json``;
-    ``rankings_root/<key>`` (or the CoOp folder name), if present, supplies golden orders."""
+              methods: Sequence[str] = REPRODUCE_METHODS, ratios: Sequence[float] = (0.6,),
+              split: str = "test", out_dir: str | os.PathLike | None = None,
+              rankings_root: str | os.PathLike | None = None, batch: int = 64,
+              limit: int | None = None, latency_batches: Sequence[int] = (), repeats: int = 5,
+              predictor=None, tokens=None, progress: bool = True) -> dict:
+    """Sweep each CoOp dataset under ``root`` at the keep ``ratios`` (plus 1.0 for the unpruned
+    baseline) and return {"tables": {ratio: markdown}, "results": {dataset key: results}} (the
+    paper's table is the one at 0.6). Per dataset its CoOp prompt is used; ``out_dir`` keeps
+    each sweep resumable as ``<out_dir>/<key>.json``; ``rankings_root/<key>`` (or the CoOp
+    folder name), if present, supplies golden orders."""
     from .data.coop import open_coop
     results = {}
     for name in datasets:
@@ -795,10 +793,10 @@ def reproduce(m, root: str | os.PathLike, datasets: Sequence[str], *,
             print(f"{ds.info.title}: {len(ds.ids) if limit is None else min(limit, len(ds.ids))} "
                   f"{split} images, prompt {ds.templates[0]!r}", file=sys.stderr)
         results[ds.info.key] = run_sweep(
-            m, ds, methods, sorted({1.0, float(ratio)}, reverse=True), out, batch=batch,
+            m, ds, methods, sorted({1.0, *map(float, ratios)}, reverse=True), out, batch=batch,
             latency_batches=latency_batches, repeats=repeats, rankings=rk, predictor=predictor,
             tokens=tokens, limit=limit, progress=progress)
-    return {"table": reproduce_table(results, ratio), "results": results}
+    return {"tables": {f"{r:g}": reproduce_table(results, float(r)) for r in ratios}, "results": results}
 
 
 def reproduce_table(results: dict[str, dict], ratio: float) -> str:
@@ -845,166 +843,7 @@ def reproduce_table(results: dict[str, dict], ratio: float) -> str:
     return "\n".join([head, "", *lines, *([""] + notes if notes else [])])
 
 
-# -- CLI ------------------------------------------------------------------------------------------
-def _parse_list(s: str) -> list[str]:
-    return [x.strip() for x in s.split(",") if x.strip()]
-
-
-def _parse_floats(s: str, what: str) -> list[float]:
-    try:
-        return [float(x) for x in _parse_list(s)]
-    except ValueError:
-        raise PatchRankError(f"--{what} must be comma-separated numbers, got {s!r}") from None
-
-
-def _parse_ints(s: str, what: str) -> list[int]:
-    try:
-        out = [int(x) for x in _parse_list(s)]
-    except ValueError:
-        raise PatchRankError(f"--{what} must be comma-separated integers, got {s!r}") from None
-    if any(v < 1 for v in out):
-        raise PatchRankError(f"--{what} values must be >= 1")
-    return out
-
-
-def _load(a):
-    from .models import load_model
-    if getattr(a, "threads", None):
-        torch.set_num_threads(a.threads)
-    dtype = getattr(torch, getattr(a, "dtype", "float32"))
-    m = load_model(a.model, pretrained=a.pretrained, dtype=dtype, device=getattr(a, "device", "cpu"))
-    if getattr(a, "prune_layer", None) is not None:
-        m.prune_layer = a.prune_layer
-    return m
-
-
-def add_sweep_args(p) -> None:
-    """Arguments of ``python -m patchrank sweep``."""
-    p.add_argument("--model", default="bundled")
-    p.add_argument("--pretrained", default=None)
-    p.add_argument("--data", default="bundled-eval",
-                   help="bundled-eval, an image folder (class subfolders), or a CoOp dataset folder "
-                        "(optionally @train/@val/@test)")
-    p.add_argument("--methods", default=",".join(DEFAULT_METHODS))
-    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS))
-    p.add_argument("--out", required=True, help="results JSON (CSV and a resumable .cells.jsonl beside it)")
-    p.add_argument("--rankings", default=None, help="golden ranking folder to reuse for 'golden'")
-    p.add_argument("--predictor", default=None, help="predictor file (default: the bundled one)")
-    p.add_argument("--tokens", default=None, help="learnable tokens file (default: the bundled ones)")
-    p.add_argument("--template", action="append", default=None,
-                   help="prompt template with {} (repeatable, or 'ensemble'); default: the "
-                        "dataset's own (CoOp) or the model's")
-    p.add_argument("--limit", type=int, default=None, help="first N images only")
-    p.add_argument("--batch", type=int, default=64, help="images per accuracy batch")
-    p.add_argument("--latency-batches", default="1,32",
-                   help="batch sizes to time (comma-separated; 'none' skips timing)")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--prune-layer", type=int, default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--fresh", action="store_true", help="discard finished cells of an earlier run")
-    p.add_argument("--png", default=None, help="also draw the trade-off figure here (e.g. docs/tradeoff.png)")
-    p.add_argument("--no-progress", action="store_true")
-
-
-def _templates(a):
-    if not a.template:
-        return None
-    return "ensemble" if a.template == ["ensemble"] else a.template
-
-
-def _latency_batches(s: str) -> list[int]:
-    return [] if s.strip().lower() in ("", "none", "0") else _parse_ints(s, "latency-batches")
-
-
-def cli_sweep(a) -> int:
-    try:
-        m = _load(a)
-        res = run_sweep(m, a.data, _parse_list(a.methods), _parse_floats(a.ratios, "ratios"), a.out,
-                        batch=a.batch, latency_batches=_latency_batches(a.latency_batches),
-                        repeats=a.repeats, warmup=a.warmup, rankings=a.rankings,
-                        predictor=a.predictor, tokens=a.tokens, templates=_templates(a),
-                        limit=a.limit, fresh=a.fresh, progress=not a.no_progress,
-                        command=" ".join(["python -m patchrank"] + sys.argv[1:]))
-    except PatchRankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    meta = res["meta"]
-    summary = {"out": str(a.out), "csv": str(Path(a.out).with_suffix(".csv")),
-               "rows": len(res["rows"]), "n_images": meta["n_images"],
-               "full_accuracy": meta["full"]["accuracy"], "skipped": meta["skipped"],
-               "runtime": meta["runtime"]}
-    if a.png:
-        from .figures import save_png
-        summary["png"] = str(save_png(res, a.png))
-    print(json.dumps(_finite(summary)))
-    return 0
-
-
-def add_reproduce_args(p) -> None:
-    """Arguments of ``python -m patchrank reproduce``."""
-    from .data.coop import PAPER_DATASETS
-    p.add_argument("--root", required=True, help="CoOp data root (holds caltech-101/, oxford_pets/, ...)")
-    p.add_argument("--datasets", default=",".join(PAPER_DATASETS))
-    p.add_argument("--model", default="ViT-B-16")
-    p.add_argument("--pretrained", default="openai")
-    p.add_argument("--methods", default=",".join(REPRODUCE_METHODS))
-    p.add_argument("--ratio", type=float, default=0.6, help="keep ratio of every pruned row")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--out", default=None, help="folder for per-dataset results (resumable)")
-    p.add_argument("--rankings-root", default=None, help="golden ranking folders, one per dataset key")
-    p.add_argument("--predictor", default=None)
-    p.add_argument("--tokens", default=None)
-    p.add_argument("--limit", type=int, default=None, help="first N images of each dataset")
-    p.add_argument("--batch", type=int, default=64)
-    p.add_argument("--latency-batches", default="none", help="e.g. 1,32 to time too")
-    p.add_argument("--repeats", type=int, default=5)
-    p.add_argument("--prune-layer", type=int, default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-progress", action="store_true")
-
-
-def cli_reproduce(a) -> int:
-    try:
-        m = _load(a)
-        rep = reproduce(m, a.root, _parse_list(a.datasets), methods=_parse_list(a.methods),
-                        ratio=a.ratio, split=a.split, out_dir=a.out, rankings_root=a.rankings_root,
-                        batch=a.batch, limit=a.limit,
-                        latency_batches=_latency_batches(a.latency_batches), repeats=a.repeats,
-                        predictor=a.predictor, tokens=a.tokens, progress=not a.no_progress)
-    except PatchRankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(rep["table"])
-    return 0
-
-
-def add_bench_args(p) -> None:
-    """Arguments of ``python -m patchrank bench``."""
-    p.add_argument("--model", default="bundled")
-    p.add_argument("--pretrained", default=None)
-    p.add_argument("--methods", default="fixed-ids,predictor",
-                   help="fixed-ids (pruned forward, no ranking), predictor, attention, norm, "
-                        "random, tome, ... (+tokens)")
-    p.add_argument("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS))
-    p.add_argument("--batches", default="1,32")
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--data", default=None, help="dataset spec for real images (default: random pixels)")
-    p.add_argument("--predictor", default=None)
-    p.add_argument("--tokens", default=None)
-    p.add_argument("--prune-layer", type=int, default=None)
-    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--out", default=None, help="also write the JSON here")
-    p.add_argument("--no-progress", action="store_true")
-
-
+# -- bench: latency only -------------------------------------------------------------------------
 class _FixedIds:
     """Bench pseudo-method: the pruned forward with given patch ids (no ranking cost)."""
     name = "fixed-ids"
@@ -1013,11 +852,12 @@ class _FixedIds:
 def bench(m, methods: Sequence[str] = ("fixed-ids", "predictor"),
           ratios: Sequence[float] = DEFAULT_RATIOS, batches: Sequence[int] = (1, 32), *,
           repeats: int = 7, warmup: int = 1, images: torch.Tensor | None = None, predictor=None,
-          tokens=None, progress: bool = True) -> dict:
+          tokens=None, progress: bool = True, data: str | None = None) -> dict:
     """Image-encoder latency per method per keep ratio (the sweep's timing without accuracy):
     {"format": "patchrank-bench/1", "meta", "rows": [{method, ratio, kept, batch, median_ms,
     min_ms, ms_per_image, gflops, gflops_ratio, speedup}]}. ``fixed-ids`` times the pruned
-    forward alone (ranking excluded, like precomputed golden orders)."""
+    forward alone (ranking excluded, like precomputed golden orders). ``images``: a preprocessed
+    batch, else the first images of the dataset spec ``data``, else random pixels."""
     ratios = _check_ratios(m, ratios)
     names = list(methods)
     meths, skipped = build_methods(m, [n for n in names if n != "fixed-ids"], [],
@@ -1026,6 +866,9 @@ def bench(m, methods: Sequence[str] = ("fixed-ids", "predictor"),
         meths.insert(names.index("fixed-ids"), Method("fixed-ids", ranker=_FixedIds(), precomputed=True, search_gflops=0.0))
     for name, why in skipped.items():
         print(f"note: skipping {name}: {why}", file=sys.stderr)
+    if images is None and data:
+        ds = _as_dataset(data, max(batches))
+        images = torch.stack([m.preprocess(_image(ds, i)) for i in range(len(ds.ids))])
     if images is None:
         g = torch.Generator().manual_seed(0)
         images = torch.randn(max(batches), 3, *m.image_size, generator=g)
@@ -1058,25 +901,3 @@ def bench(m, methods: Sequence[str] = ("fixed-ids", "predictor"),
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "note": "median/min ms per m.encode_image call, interleaved repeats (patchrank.timing)"}
     return {"format": "patchrank-bench/1", "meta": meta, "rows": rows}
-
-
-def cli_bench(a) -> int:
-    try:
-        m = _load(a)
-        images = None
-        batches = _parse_ints(a.batches, "batches")
-        if a.data:
-            ds = _as_dataset(a.data, max(batches))
-            images = torch.stack([m.preprocess(_image(ds, i)) for i in range(len(ds.ids))])
-        res = bench(m, _parse_list(a.methods), _parse_floats(a.ratios, "ratios"), batches,
-                    repeats=a.repeats, warmup=a.warmup, images=images, predictor=a.predictor,
-                    tokens=a.tokens, progress=not a.no_progress)
-    except PatchRankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    text = json.dumps(_finite(res), indent=1)
-    if a.out:
-        Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-        _atomic_write(Path(a.out), text)
-    print(text)
-    return 0

@@ -25,7 +25,6 @@ accuracies) in the metadata; ``load_tokens`` refuses a file made for another mod
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -295,7 +294,7 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def load_tokens(path: str | os.PathLike | None = None, model=None) -> LearnableTokens:
-    """Load learnable tokens (default: the bundled ones, ``assets/bundled/tokens.safetensors``).
+    """Load learnable tokens (default: the bundled ones, ``patchrank/assets/bundled/tokens.safetensors``).
     With ``model``, tokens made for another model are refused with ``ModelMismatch``."""
     from safetensors.torch import load_file
     if path is None:
@@ -303,7 +302,7 @@ def load_tokens(path: str | os.PathLike | None = None, model=None) -> LearnableT
         if not path.is_file():
             raise WeightsUnavailable(f"the bundled learnable tokens are missing ({path}); train "
                                      "them with `python -m patchrank tune-tokens --model bundled "
-                                     "--ranker predictor --out assets/bundled/tokens.safetensors`")
+                                     "--ranker predictor --out patchrank/assets/bundled/tokens.safetensors`")
     elif not Path(path).is_file():
         raise WeightsUnavailable(f"tokens file not found: {path}")
     head = read_header(path)
@@ -602,52 +601,11 @@ def tune_tokens(m, images: Sequence, labels, classnames: Sequence[str], *, ranke
     return t, log
 
 
-def _resolve_cli_ranker(spec: str, m):
-    """'predictor' = the bundled predictor; a path = a predictor file; else a registered name."""
-    from .predictor import default_path as predictor_path
-    from .predictor import load_predictor
-    if spec == "predictor":
-        return load_predictor(None, model=m), str(predictor_path())
-    if spec.endswith(".safetensors") or os.sep in spec or os.path.isfile(spec):
-        return load_predictor(spec, model=m), spec
-    rankers.resolve(spec)   # fail fast on an unknown name
-    return spec, None
-
-
-def cli_main(a) -> int:
-    """``python -m patchrank tune-tokens``: JSON summary on stdout, progress on stderr."""
-    from .models import load_model
-    if a.threads:
-        torch.set_num_threads(a.threads)
-    try:
-        ratios = [float(v) for v in a.ratios.split(",") if v.strip()]
-        m = load_model(a.model, a.pretrained, prune_layer=a.prune_layer)
-        r, source = _resolve_cli_ranker(a.ranker, m)
-        images, labels, classnames = few_shot(a.data, a.shots)
-        progress = not a.no_progress
-        t, log = tune_tokens(m, images, labels, classnames, ranker=r, ratios=ratios,
-                             num_visual=a.visual, deep=a.deep, text_ctx=a.text_ctx,
-                             ctx_init=a.ctx_init, init=a.init, seed=a.seed, progress=progress,
-                             epochs=a.epochs, batch=a.batch, lr=a.lr, optimizer=a.optimizer,
-                             weight_decay=a.wd, objective=a.objective)
-        t.meta["ranker"] = describe_ranker(r, source)
-        t.meta["data"] = {"spec": a.data, "shots": a.shots, "images": len(images)}
-        t.meta["model"] = {"name": m.name, "pretrained": m.pretrained}
-        t.meta["settings"] = {k: v for k, v in vars(a).items() if k not in ("fn", "no_progress", "threads")}
-        ev_spec = a.eval if a.eval is not None else ("bundled-eval" if a.model == "bundled" else "none")
-        if ev_spec != "none":
-            from .data.datasets import open_dataset
-            ds = open_dataset(ev_spec)
-            ev_images = [ds.image(i) for i in range(len(ds))]
-            cache = precompute(m, ev_images, r, ratios, progress=progress)
-            measured = evaluate(m, cache, ds.labels, ds.classnames, t, progress=progress)
-            t.meta["accuracy"] = {"data": ev_spec, **measured}
-        path = t.save(a.out)
-    except PatchRankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    print(json.dumps({"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
-                      "num_visual": t.num_visual, "deep": t.deep, "n_ctx": t.n_ctx,
-                      "ranker": t.meta["ranker"], "train": log.summary(),
-                      "accuracy": t.meta.get("accuracy")}))
-    return 0
+def measure_on(m, tokens: LearnableTokens, ranker, spec: str, ratios: Sequence[float], *,
+               progress: bool = False) -> dict:
+    """Accuracy with and without ``tokens`` on the labelled dataset ``spec``, pruned by ``ranker``
+    at ``ratios``: the numbers a token file's header carries (``meta["accuracy"]``)."""
+    from .data.datasets import open_dataset
+    ds = open_dataset(spec)
+    cache = precompute(m, [ds.image(i) for i in range(len(ds))], ranker, ratios, progress=progress)
+    return {"data": spec, **evaluate(m, cache, ds.labels, ds.classnames, tokens, progress=progress)}

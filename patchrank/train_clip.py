@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import scenes as S
+from .errors import PatchRankError
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "bundled_clip.json"
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
@@ -230,14 +231,15 @@ def _save_atomic(obj, path: Path):
 
 
 def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None = None,
-          threads: int = 2, eval_every: int = 300, ckpt_every: int = 100, eval_n: int = 600,
+          threads: int | None = 2, eval_every: int = 300, ckpt_every: int = 100, eval_n: int = 600,
           config_path: str | os.PathLike = CONFIG_PATH, progress: bool = True) -> dict:
     """Train (or resume) the bundled CLIP into ``out_dir``; returns the final log entry."""
     import open_clip
     from open_clip.transformer import PatchDropout
     from tqdm import tqdm
 
-    torch.set_num_threads(threads)
+    if threads:                    # None: leave torch's setting (the CLI sets --threads once)
+        torch.set_num_threads(threads)
     cfg = load_config(config_path)
     tcfg = dict(cfg["train"])
     if seed is not None:
@@ -245,7 +247,7 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     try:
         schedule(tcfg)             # a bad cycle stops the run here, before anything is built
     except ValueError as e:
-        raise SystemExit(f"{config_path}: bad train schedule: {e}")
+        raise PatchRankError(f"{config_path}: bad train schedule: {e}") from None
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "ckpt.pt"
@@ -269,8 +271,8 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     if ckpt_path.exists():
         state = torch.load(ckpt_path, weights_only=True)
         if not resumable(state["train_cfg"], tcfg, state["step"]) or state["model_cfg"] != compact_cfg:
-            raise SystemExit(f"{ckpt_path} was made with other settings ({state['train_cfg']}); "
-                             "use another --out or delete it")
+            raise PatchRankError(f"{ckpt_path} was made with other settings ({state['train_cfg']}); "
+                                 "use another --out or delete it")
         master.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         start, log, elapsed0 = state["step"], json.loads(state["log"]), state["elapsed"]

@@ -31,8 +31,10 @@ def eval_batch(bundled, eval_split):
     return x, torch.as_tensor(eval_split.labels[:16])
 
 
-def tiny_vit(prune_layer=None, layers=4, width=64, grid=4, patch=8, seed=0, pool_type="tok"):
-    """A random-init open_clip CLIP with a tiny ViT tower (fast brute-force references)."""
+def tiny_vit(prune_layer=None, layers=4, width=64, grid=4, patch=8, seed=0, pool_type="tok",
+             context_length=16):
+    """A random-init open_clip CLIP with a tiny ViT tower (fast brute-force references);
+    ``context_length=77`` gives real CLIP's text context (long class names fit)."""
     import open_clip
     from patchrank.models import PatchModel
     torch.manual_seed(seed)
@@ -40,9 +42,10 @@ def tiny_vit(prune_layer=None, layers=4, width=64, grid=4, patch=8, seed=0, pool
         embed_dim=32,
         vision_cfg={"image_size": grid * patch, "patch_size": patch, "width": width,
                     "layers": layers, "head_width": 32, "pool_type": pool_type},
-        text_cfg={"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1})
+        text_cfg={"context_length": context_length, "vocab_size": 49408, "width": 32, "heads": 2,
+                  "layers": 1})
     pre = open_clip.image_transform(grid * patch, is_train=False)
-    tok = open_clip.tokenizer.SimpleTokenizer(context_length=16)
+    tok = open_clip.tokenizer.SimpleTokenizer(context_length=context_length)
     return PatchModel(clip, pre, tok, name="tiny-test", pretrained=None, prune_layer=prune_layer)
 
 

@@ -10,7 +10,7 @@ from PIL import Image
 
 LABELS = "top, sandal, bag, sneaker"
 ENDPOINTS = {"/analyze", "/threshold", "/prune", "/curve", "/export", "/views", "/load_model",
-             "/upload_predictor", "/tradeoff"}
+             "/upload_predictor", "/tradeoff", "/label_preset"}
 
 
 def _repo_files() -> set:

@@ -5,6 +5,7 @@ from pathlib import Path
 from tests import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
 import gradio as gr
 import numpy as np
+import open_clip
 import pytest
 from PIL import Image
 
@@ -267,6 +268,35 @@ def test_labels_prefilled_per_model():
     class Real:
         classnames = None
     assert "cat" in engine.labels_for(Real())
+
+
+def test_imagenet_label_preset(monkeypatch):
+    """Real CLIP's labels can be switched to open_clip's 1,000 ImageNet classes: the 100-label
+    cap of the box is lifted for the preset alone, the choice survives a model switch, and
+    /prune classifies among all of them. A random-init CLIP with a tiny text tower but real
+    CLIP's 77-token context stands in for ViT-B (whose 998 prompts take minutes on 2 cores)."""
+    from tests.conftest import tiny_vit
+    S.fast_golden(monkeypatch)
+    real = tiny_vit(context_length=77)
+    monkeypatch.setattr(engine.REGISTRY, "_others", store.LRU(2))
+    engine.REGISTRY._others.put("ViT-B-32/openai", real)
+    sid = "test-imagenet"
+    store.session(sid).model_key = "bundled"
+    bundled_text = H.label_preset("imagenet", session=sid)
+    assert bundled_text == ", ".join(engine.REGISTRY.bundled().classnames)   # keeps its own classes
+    store.session(sid).model_key = "ViT-B-32/openai"
+    text = H.label_preset("imagenet", session=sid)
+    names = inputs.parse_labels(text, presets=[engine.IMAGENET_LABELS])
+    assert len(names) == len(set(open_clip.IMAGENET_CLASSNAMES)) == 998 and names[0] == "tench"
+    with pytest.raises(inputs.InputError, match="at most 100"):
+        inputs.parse_labels(text + ", one more thing", presets=[engine.IMAGENET_LABELS])
+    H.analyze_views(str(S.EXAMPLE), "exact", 0.5, LEFT, RIGHT, session=sid)
+    full, left, right, md = H.prune(0.5, LEFT, RIGHT, text, session=sid)
+    assert len(full) == 5 and set(full) <= set(names)
+    assert H.label_preset("everyday", session=sid).startswith("cat, dog")
+    with pytest.raises(gr.Error, match="Unknown label set"):
+        H.label_preset("everything", session=sid)
+    assert store.session(sid).label_preset == "everyday"
 
 
 # -- trade-off tab ----------------------------------------------------------------------------------

@@ -95,5 +95,8 @@ def test_cli_main(tmp_path, capsys):
     p = tmp_path / "r.json"
     p.write_text(json.dumps(fake_results()))
     assert figures.main([str(p), "--png", str(tmp_path / "t.png")]) == 0
-    assert "| golden (one-shot leave-one-out) |" in capsys.readouterr().out
-    assert figures.main([str(tmp_path / "missing.json")]) == 2
+    out = capsys.readouterr()
+    assert "| golden (one-shot leave-one-out) |" in json.loads(out.out)["table"] and "| golden" in out.err
+    assert figures.main([str(p), "--format", "md"]) == 0
+    assert capsys.readouterr().out.startswith("| method |")
+    assert figures.main([str(tmp_path / "missing.json")]) == 1

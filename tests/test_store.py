@@ -251,7 +251,7 @@ def test_kill9_then_resume_equals_clean_run(tmp_path, clean_run, capsys):
     _same(out, clean_run)
     from patchrank.cli import main
     capsys.readouterr()
-    assert main(["golden", "--out", str(out), *[a if a != "0.95" else "0.8" for a in ARGS]]) == 2
+    assert main(["golden", "--out", str(out), *[a if a != "0.95" else "0.8" for a in ARGS]]) == 1
     assert "other settings (stop_at: 0.95 -> 0.8)" in capsys.readouterr().err
 
 
@@ -298,8 +298,8 @@ def test_golden_classnames_file(tmp_path, capsys):
     assert main([*common, "--data", str(tmp_path / "flat"), "--out", str(tmp_path / "o1"),
                  "--classnames", str(names)]) == 0
     assert main([*common, "--data", "bundled-eval", "--limit", "1", "--out", str(tmp_path / "o2"),
-                 "--classnames", str(names)]) == 2
+                 "--classnames", str(names)]) == 1
     assert "lists 3 names but the dataset has 6 classes" in capsys.readouterr().err
     assert main([*common, "--data", "bundled-eval", "--out", str(tmp_path / "o3"),
-                 "--classnames", str(tmp_path / "missing.txt")]) == 2
+                 "--classnames", str(tmp_path / "missing.txt")]) == 1
     assert "no such file" in capsys.readouterr().err

@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 from patchrank import cli, store, sweep
+from patchrank.cli import measure
 from patchrank.data import coop
 from patchrank.data.datasets import open_dataset
 from patchrank.errors import ModelMismatch, PatchRankError
@@ -276,16 +277,21 @@ def test_coop_aircraft_and_imagenet_layouts(tmp_path):
 def test_reproduce_table(m, tmp_path, monkeypatch, capsys):
     root = coop_root(tmp_path / "data")
     rep = sweep.reproduce(m, root, ["caltech101", "oxford_pets"], methods=["tome", "random", "predictor"],
-                          ratio=0.5, out_dir=tmp_path / "out", progress=False)
-    table = rep["table"]
+                          ratios=[0.5], out_dir=tmp_path / "out", progress=False)
+    table = rep["tables"]["0.5"]
     assert "| Method | Caltech101 | OxfordPets | Avg. | Avg. GFLOPs |" in table
     assert "| CLIP (unpruned) |" in table and "| ToMe |" in table
     assert "| Ours (predictor) | — | — | — | — |" in table and "skipped" in table
     assert (tmp_path / "out" / "caltech101.json").is_file()
-    monkeypatch.setattr(sweep, "_load", lambda a: m)
+    monkeypatch.setattr(measure, "load", lambda a: m)
+    capsys.readouterr()
     assert cli.main(["reproduce", "--root", str(root), "--datasets", "caltech101", "--methods", "random",
-                     "--ratio", "0.5", "--no-progress"]) == 0
-    assert "| random |" in capsys.readouterr().out
+                     "--ratio", "0.5", "--no-progress"]) == 0          # --ratio: the old spelling
+    out = capsys.readouterr()
+    assert "| random |" in out.err and "| random |" in json.loads(out.out)["tables"]["0.5"]
+    assert cli.main(["reproduce", "--root", str(root), "--datasets", "caltech101", "--methods", "random",
+                     "--ratios", "0.5", "--no-progress", "--format", "md"]) == 0
+    assert capsys.readouterr().out.startswith("Zero-shot top-1 (%) at keep ratio 0.5")
 
 
 def test_bench_and_cli(m, tmp_path, monkeypatch, capsys):
@@ -295,8 +301,8 @@ def test_bench_and_cli(m, tmp_path, monkeypatch, capsys):
     assert {(r["method"], r["batch"]) for r in rows} >= {("full", 1), ("fixed-ids", 2), ("tome", 1)}
     assert all(r["median_ms"] > 0 for r in rows)
     assert [r["speedup"] for r in rows if r["method"] == "full"] == [1.0, 1.0]
-    monkeypatch.setattr(sweep, "_load", lambda a: m)
-    assert cli.main(["bench", "--methods", "fixed-ids", "--ratios", "0.5", "--batches", "1",
+    monkeypatch.setattr(measure, "load", lambda a: m)
+    assert cli.main(["bench", "--methods", "fixed-ids", "--ratios", "0.5", "--batches", "1",   # old spelling
                      "--repeats", "1", "--no-progress"]) == 0
     assert json.loads(capsys.readouterr().out)["format"] == "patchrank-bench/1"
     folder = image_folder(tmp_path / "f")
@@ -306,5 +312,5 @@ def test_bench_and_cli(m, tmp_path, monkeypatch, capsys):
                      "--png", str(tmp_path / "t.png")]) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["rows"] == 4 and (tmp_path / "t.png").stat().st_size > 1000
-    assert cli.main(["sweep", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--no-progress"]) == 2
+    assert cli.main(["sweep", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--no-progress"]) == 1
     assert "not found" in capsys.readouterr().err

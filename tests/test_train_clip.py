@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from patchrank import train_clip as T
+from patchrank.errors import PatchRankError
 from tests.test_scenes import needs_fmnist
 
 ONE = {"batch": 8, "steps": 4, "lr": 1e-3, "warmup": 2, "lr_floor": 1e-5, "weight_decay": 0.1,
@@ -56,7 +57,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
         assert torch.equal(a["model"][k], b["model"][k]), k
     bad = dict(cfg, train=dict(MASKED, batch=4))
     path.write_text(json.dumps(bad))
-    with pytest.raises(SystemExit, match="other settings"):
+    with pytest.raises(PatchRankError, match="other settings"):
         T.train(tmp_path / "a", **kw)
 
 
@@ -86,7 +87,7 @@ def test_a_bad_schedule_stops_the_run_before_it_starts(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"model_cfg": {}, "prune_layer": 0,
                                 "train": dict(ONE, patch_dropout=[0.5, 1.0])}))
-    with pytest.raises(SystemExit, match=r"bad train schedule: patch_dropout must be"):
+    with pytest.raises(PatchRankError, match=r"bad train schedule: patch_dropout must be"):
         T.train(tmp_path / "run", config_path=path, progress=False)
     assert not (tmp_path / "run").exists()
 

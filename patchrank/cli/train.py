@@ -1,0 +1,214 @@
+"""Subcommands that make things: ``golden`` rankings, ``train-clip``, ``train-predictor`` and
+``tune-tokens``. Arguments and the call into the library only; the work lives in the library.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+
+from .options import (Command, default_of, hidden_alias, joined, load, non_negative_int, one_ratio,
+                      positive_int, ratio_list, torch_dtype)
+
+
+# -- golden ---------------------------------------------------------------------------------------
+def add_golden(p: argparse.ArgumentParser) -> None:
+    from ..golden import DEFAULT_BUDGET_MB
+    from ..golden import DEFAULT_SETTINGS as GOLD   # the project's "golden" (README: which and why)
+    p.add_argument("--data", required=True, help="bundled-eval, bundled-train:N or an image folder")
+    p.add_argument("--out", required=True, help="ranking folder (rerun to resume)")
+    p.add_argument("--score", default=GOLD["score"], choices=["similarity", "label", "max"],
+                   help="what a patch's removal costs: embedding change, true-class or top-class "
+                        "log-probability")
+    p.add_argument("--step", type=positive_int, default=GOLD["step"], help="candidates dropped per round")
+    p.add_argument("--block", type=int, default=GOLD["block"], choices=[1, 2],
+                   help="1 = patches, 2 = 2x2 cells")
+    p.add_argument("--stop-at", type=one_ratio, default=None,
+                   help="keep ratio to stop the search at (default: the full order)")
+    p.add_argument("--mode", default=GOLD["mode"], choices=["greedy", "oneshot", "c2f"],
+                   help="oneshot: one leave-one-out round (the project's golden); greedy: the "
+                        "paper's elimination (--step 10); c2f: coarse-to-fine greedy")
+    p.add_argument("--classnames", default=None,
+                   help="file with one class name per line (scores 'label'/'max'; overrides the "
+                        "dataset's names, e.g. for an unlabelled folder with --score max)")
+    p.add_argument("--lazy", action="store_true", help="lazy re-scoring (greedy)")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N images only")
+    p.add_argument("--batch-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
+                   help="memory for one batch of candidate variants")
+
+
+def run_golden(a: argparse.Namespace) -> dict | None:
+    """torchrun-aware: with WORLD_SIZE > 1 each rank takes its share and rank 0 reports."""
+    import torch
+    import torch.distributed as dist
+
+    from ..data.datasets import open_dataset
+    from ..golden import rank_dataset, read_classnames_file
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1:
+        if a.device != "cpu":
+            a.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
+            torch.cuda.set_device(a.device)
+        dist.init_process_group(backend="gloo" if a.device == "cpu" else "nccl")
+    try:
+        ds = open_dataset(a.data, a.limit)            # fail fast on a bad --data
+        if a.classnames:
+            ds.classnames = read_classnames_file(a.classnames, ds.classnames)
+        m = load(a, dtype="float32")
+        summary = rank_dataset(m, ds, a.out, score=a.score, step=a.step, block=a.block,
+                               stop_at=a.stop_at, mode=a.mode, lazy=a.lazy,
+                               dtype=None if a.dtype == "float32" else torch_dtype(a.dtype),
+                               limit=a.limit, batch_budget_mb=a.batch_budget_mb,
+                               progress=not a.no_progress)
+        return summary if world == 1 or dist.get_rank() == 0 else None
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+# -- train-clip -----------------------------------------------------------------------------------
+def add_train_clip(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--out", required=True, help="run folder (checkpoint; rerun to resume)")
+    p.add_argument("--steps", type=positive_int, default=None,
+                   help="stop after this many steps (the schedule stays the config's; rerun to go on)")
+    p.add_argument("--config", default=None, help="model + schedule config (default: the bundled one)")
+    p.add_argument("--seed", type=int, default=None, help="overrides the config's seed")
+    p.add_argument("--export", default=None,
+                   help="after training, write the shipped model files into this folder")
+
+
+def run_train_clip(a: argparse.Namespace) -> dict:
+    from ..bundled import export_bundled
+    from ..train_clip import train
+    entry = train(a.out, steps=a.steps, seed=a.seed, threads=None, progress=not a.no_progress,
+                  **({"config_path": a.config} if a.config else {}))
+    exported = export_bundled(os.path.join(a.out, "ckpt.pt"), a.export) if a.export else None
+    return {"last": entry, "export": exported}
+
+
+# -- train-predictor ------------------------------------------------------------------------------
+def add_train_predictor(p: argparse.ArgumentParser) -> None:
+    from ..predictor import LOSSES, train_predictor as fn
+    p.add_argument("--rankings", required=True, help="ranking folder of `golden` (same model)")
+    p.add_argument("--data", default=None, help="dataset spec of the rankings (default: the one "
+                   "recorded in the ranking folder)")
+    p.add_argument("--out", required=True, help="predictor file (.safetensors)")
+    p.add_argument("--loss", default=default_of(fn, "loss"), choices=list(LOSSES),
+                   help="kl: the paper's keep-set loss; margin: pairwise; listwise: Plackett-Luce")
+    p.add_argument("--ratios", type=one_ratio, default=joined([default_of(fn, "keep_ratio")]),
+                   help="the one keep ratio it is trained and measured at (the kl loss's kept set, "
+                        "validation IoU, reported cost)")
+    hidden_alias(p, "--keep-ratio", "--ratios")
+    p.add_argument("--epochs", type=positive_int, default=default_of(fn, "epochs"), help="epochs at most")
+    p.add_argument("--batch", type=positive_int, default=default_of(fn, "batch"), help="images per step")
+    p.add_argument("--lr", type=float, default=default_of(fn, "lr"), help="Adam learning rate")
+    p.add_argument("--wd", type=float, default=default_of(fn, "wd"), help="weight decay")
+    p.add_argument("--seed", type=int, default=default_of(fn, "seed"), help="init, split and shuffling")
+    p.add_argument("--val-fraction", type=float, default=default_of(fn, "val_fraction"),
+                   help="share of the images held out for early stopping")
+    p.add_argument("--patience", type=non_negative_int, default=default_of(fn, "patience"),
+                   help="early stopping after this many epochs without improvement (0 = off)")
+
+
+def run_train_predictor(a: argparse.Namespace) -> dict:
+    from .. import store
+    from ..data.datasets import open_dataset
+    from ..errors import PatchRankError
+    from ..predictor import train_predictor
+    meta, ranks = store.load_rankings(a.rankings)
+    data = a.data or meta.get("data")
+    if not data:
+        raise PatchRankError(f"{a.rankings} does not record its dataset; give --data")
+    a.prune_layer = (meta.get("settings") or {}).get("prune_layer")   # the layer the rankings pruned
+    m = load(a)
+    res = train_predictor(m, open_dataset(data), (meta, ranks), loss=a.loss, keep_ratio=a.ratios,
+                          epochs=a.epochs, batch=a.batch, lr=a.lr, wd=a.wd,
+                          val_fraction=a.val_fraction, patience=a.patience or None, seed=a.seed,
+                          progress=not a.no_progress)
+    path = res.predictor.save(a.out)
+    return {"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
+            **res.summary(), "cost": res.predictor.cost(m, a.ratios)}
+
+
+# -- tune-tokens ----------------------------------------------------------------------------------
+def add_tune_tokens(p: argparse.ArgumentParser) -> None:
+    from ..tokens import few_shot, train_tokens, tune_tokens
+    p.add_argument("--ranker", required=True,
+                   help="'predictor' (bundled), a predictor file, or a ranker name (attention, ...)")
+    p.add_argument("--out", required=True, help="tokens file (.safetensors)")
+    p.add_argument("--visual", type=non_negative_int, default=default_of(tune_tokens, "num_visual"),
+                   help="visual tokens appended at the prune layer")
+    p.add_argument("--deep", action="store_true", help="a fresh set at every later block (VPT-deep)")
+    p.add_argument("--text-ctx", type=non_negative_int, default=default_of(tune_tokens, "text_ctx"),
+                   help="learned text context vectors (CoOp; 0 = hand-written prompt)")
+    p.add_argument("--ctx-init", default=default_of(tune_tokens, "ctx_init"),
+                   help="words that initialise the context ('template' = the template's prefix)")
+    p.add_argument("--init", default=default_of(tune_tokens, "init"), choices=["normal", "mean"],
+                   help="visual token init")
+    p.add_argument("--ratios", type=ratio_list, default=joined(default_of(tune_tokens, "ratios")),
+                   help="keep ratios; one is drawn per step")
+    p.add_argument("--data", default=default_of(few_shot, "spec"), help="labelled dataset spec")
+    p.add_argument("--shots", type=positive_int, default=default_of(few_shot, "shots"),
+                   help="images per class (the first ones)")
+    p.add_argument("--epochs", type=positive_int, default=default_of(train_tokens, "epochs"), help="epochs")
+    p.add_argument("--batch", type=positive_int, default=default_of(train_tokens, "batch"),
+                   help="images per step")
+    p.add_argument("--lr", type=float, default=default_of(train_tokens, "lr"), help="learning rate")
+    p.add_argument("--wd", type=float, default=default_of(train_tokens, "weight_decay"), help="weight decay")
+    p.add_argument("--optimizer", default=default_of(train_tokens, "optimizer"), choices=["adamw", "sgd"],
+                   help="optimizer")
+    p.add_argument("--objective", default=default_of(train_tokens, "objective"), choices=["ce", "distill"],
+                   help="ce: labels (few-shot, the paper); distill: match the unpruned model's "
+                        "predictions (no labels needed; see patchrank/tokens.py)")
+    p.add_argument("--seed", type=int, default=default_of(tune_tokens, "seed"), help="init and shuffling")
+    p.add_argument("--eval", default=None, help="dataset spec to measure on ('none' to skip; "
+                   "default bundled-eval for the bundled model, else none)")
+
+
+def run_tune_tokens(a: argparse.Namespace) -> dict:
+    from ..tokens import describe_ranker, few_shot, measure_on, tune_tokens
+    m = load(a)
+    r, source = resolve_ranker(a.ranker, m)
+    images, labels, classnames = few_shot(a.data, a.shots)
+    t, log = tune_tokens(m, images, labels, classnames, ranker=r, ratios=a.ratios,
+                         num_visual=a.visual, deep=a.deep, text_ctx=a.text_ctx,
+                         ctx_init=a.ctx_init, init=a.init, seed=a.seed, progress=not a.no_progress,
+                         epochs=a.epochs, batch=a.batch, lr=a.lr, optimizer=a.optimizer,
+                         weight_decay=a.wd, objective=a.objective)
+    t.meta["ranker"] = describe_ranker(r, source)
+    t.meta["data"] = {"spec": a.data, "shots": a.shots, "images": len(images)}
+    t.meta["model"] = {"name": m.name, "pretrained": m.pretrained}
+    t.meta["settings"] = {k: v for k, v in vars(a).items()
+                          if k not in ("run", "no_progress", "threads", "traceback", "command_line")}
+    ev_spec = a.eval if a.eval is not None else ("bundled-eval" if a.model == "bundled" else "none")
+    if ev_spec != "none":
+        t.meta["accuracy"] = measure_on(m, t, r, ev_spec, a.ratios, progress=not a.no_progress)
+    path = t.save(a.out)
+    return {"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
+            "num_visual": t.num_visual, "deep": t.deep, "n_ctx": t.n_ctx,
+            "ranker": t.meta["ranker"], "train": log.summary(), "accuracy": t.meta.get("accuracy")}
+
+
+def resolve_ranker(spec: str, m) -> tuple[object, str | None]:
+    """--ranker: 'predictor' = the bundled predictor; a path = a predictor file; else a
+    registered ranker name. Returns (ranker, source file or None)."""
+    from .. import rankers
+    from ..predictor import default_path, load_predictor
+    if spec == "predictor":
+        return load_predictor(None, model=m), str(default_path())
+    if spec.endswith(".safetensors") or os.sep in spec or os.path.isfile(spec):
+        return load_predictor(spec, model=m), spec
+    rankers.resolve(spec)   # fail fast on an unknown name
+    return spec, None
+
+
+COMMANDS = (
+    Command("golden", "golden rankings of a dataset into a folder (resumable; "
+            "torchrun --nproc_per_node=N -m patchrank golden ... shards it)", add_golden, run_golden),
+    Command("train-clip", "train the bundled CLIP on generated scenes (resumable)",
+            add_train_clip, run_train_clip, dict(model_options=False, compute=False)),
+    Command("train-predictor", "train a patch-ranking predictor on golden rankings",
+            add_train_predictor, run_train_predictor, dict(prune_layer=False)),
+    Command("tune-tokens", "train learnable visual tokens / text context with pruning active "
+            "(backbone and ranker frozen)", add_tune_tokens, run_tune_tokens),
+)
