@@ -417,10 +417,16 @@ def prune(ratio: float, left: str, right: str, labels: Any, use_tokens: bool = F
     tokens, tok_note = None, ""
     if use_tokens:
         tokens, why = engine.bundled_tokens(m)
-        tok_note = (f"  \n**Learnable tokens** {tokens.num_visual} visual"
-                    + (f" + {tokens.n_ctx} text context" if getattr(tokens, 'n_ctx', 0) else "")
-                    + " appended after pruning (pruned side only)." if tokens is not None
-                    else f"  \n**No learnable tokens for this model**: {why}.")
+        if tokens is not None and not tokens.covers(ratio):
+            lo, hi = tokens.keep_range
+            tokens, why = None, (f"they were trained for keep {lo:g}-{hi:g} (above that little is "
+                                 f"pruned and they would only add noise); not applied at {ratio:g}")
+            tok_note = f"  \n**Learnable tokens not used**: {why}."
+        else:
+            tok_note = (f"  \n**Learnable tokens** {tokens.num_visual} visual"
+                        + (f" + {tokens.n_ctx} text context" if getattr(tokens, 'n_ctx', 0) else "")
+                        + " appended after pruning (pruned side only)." if tokens is not None
+                        else f"  \n**No learnable tokens for this model**: {why}.")
     full = _probs(m, names, a.full_emb)[0]
     out = [_label_dict(names, full)]
     for name in (left, right):

@@ -129,6 +129,12 @@ class Method:
     def extra(self) -> torch.Tensor | None:
         return None if self.tokens is None else self.tokens.visual_tokens()
 
+    def ratios(self, ratios: Sequence[float]) -> list[float]:
+        """The keep ratios this method runs at: all, or those its tokens were trained for
+        (``LearnableTokens.covers``); the others are left out of its rows."""
+        covers = getattr(self.tokens, "covers", None)
+        return [r for r in ratios if covers is None or covers(r)]
+
 
 def _digest(*parts: Any) -> str:
     h = hashlib.sha256()
@@ -426,7 +432,7 @@ def latency_calls(m, methods: Sequence[Method], ratios: Sequence[float],
     calls = {"full": timed(lambda: m.encode_image(x))}
     for meth in methods:
         t = meth.tokens
-        for r in ratios:
+        for r in meth.ratios(ratios):
             n_keep = m.keep_count(r)
             if n_keep == m.num_patches:
                 if t is not None:
@@ -592,7 +598,7 @@ def run_sweep(m, dataset, methods: Sequence[str] = DEFAULT_METHODS,
                 for meth in need:
                     t1, c1 = time.perf_counter(), time.process_time()
                     bar.set_postfix_str(meth.name)
-                    embs = method_embeddings(m, meth, x, h, bid, ratios, full)
+                    embs = method_embeddings(m, meth, x, h, bid, meth.ratios(ratios), full)
                     preds = {f"{r:g}": clfs[meth.name].predict(e).tolist() for r, e in embs.items()}
                     store.put(s, meth.name, preds, time.perf_counter() - t1, time.process_time() - c1)
                     bar.update(1)
@@ -651,7 +657,7 @@ def _assemble(m, ds, ids, labels, meths, skipped, ratios, store, timings, clf, l
 
     rows = []
     for meth in meths:
-        for r in ratios:
+        for r in meth.ratios(ratios):
             k = m.keep_count(r)
             pruned = k < m.num_patches
             own = pruned or meth.tokens is not None         # else the shared unpruned cell

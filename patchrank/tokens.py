@@ -190,6 +190,19 @@ class LearnableTokens(nn.Module):
     def deep(self) -> bool:
         return self.depth > 0
 
+    @property
+    def keep_range(self) -> tuple[float, float]:
+        """(lowest, highest) keep ratio the tokens were trained at (``meta["train"]["ratios"]``;
+        (0, 1) when not recorded). Tokens recover what pruning loses; where little is pruned they
+        only add noise (on ``bundled-val`` they cost 0.25-0.5 points at keep 0.9-1.0), so the
+        shipped ones are trained for keep 0.4-0.8 and the sweep and the app use them there only."""
+        ratios = (self.meta.get("train") or {}).get("ratios")
+        return (min(ratios), max(ratios)) if ratios else (0.0, 1.0)
+
+    def covers(self, ratio: float) -> bool:
+        lo, hi = self.keep_range
+        return lo - 1e-9 <= float(ratio) <= hi + 1e-9
+
     def visual_tokens(self) -> torch.Tensor | None:
         """[T,D] or [L-k,T,D] for ``forward.run_suffix``; detached unless training."""
         if self.visual is None:

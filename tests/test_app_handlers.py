@@ -363,6 +363,9 @@ def test_prune_with_learnable_tokens(analysed, monkeypatch):
     full, left, right, md = H.prune(0.5, LEFT, RIGHT, labels, True, session=sid)
     assert "+ 2 learnable" in md and len(left) == 3
     assert f"{float(__import__('patchrank').flops(m, keep=98, extra_tokens=2)):.3f}" in md
+    tok.meta["train"] = {"ratios": [0.4, 0.6, 0.8]}          # trained for keep 0.4-0.8 only
+    *_, md = H.prune(0.9, LEFT, RIGHT, labels, True, session=sid)
+    assert "Learnable tokens not used" in md and "0.4-0.8" in md and "learnable" not in md.split("Latency")[0]
 
 
 def test_other_model_geometry(tiny):

@@ -314,3 +314,15 @@ def test_bench_and_cli(m, tmp_path, monkeypatch, capsys):
     assert summary["rows"] == 4 and (tmp_path / "t.png").stat().st_size > 1000
     assert cli.main(["sweep", "--data", str(tmp_path / "nowhere"), "--out", str(out), "--no-progress"]) == 1
     assert "not found" in capsys.readouterr().err
+
+
+def test_tokens_run_only_at_the_keep_ratios_they_were_trained_for(m, tmp_path):
+    folder = image_folder(tmp_path / "f")
+    t = LearnableTokens.for_model(m, num_visual=2)
+    t.meta["train"] = {"ratios": [0.25, 0.5]}
+    res = sweep.run_sweep(m, str(folder), ["random", "random+tokens"], [1.0, 0.5, 0.25], None,
+                          latency_batches=(1,), repeats=1, warmup=0, tokens=t, progress=False)
+    ratios = {r["method"]: [] for r in res["rows"]}
+    for r in res["rows"]:
+        ratios[r["method"]].append(r["ratio"])
+    assert ratios == {"random": [1.0, 0.5, 0.25], "random+tokens": [0.5, 0.25]}

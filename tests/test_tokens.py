@@ -193,3 +193,12 @@ def test_bundled_tokens_recover_pruning_loss(bundled):
     ev = pr.bundled_eval(SUBSET)
     res = T.evaluate(bundled, T.precompute(bundled, ev.images, r, [0.4]), ev.labels, ev.classnames, t)
     _check_acceptance(res["full"], res["ratios"][0], SUBSET_MARGIN)
+
+
+def test_keep_range_from_training(bundled):
+    from patchrank.tokens import LearnableTokens
+    t = LearnableTokens.for_model(bundled, num_visual=2)
+    assert t.keep_range == (0.0, 1.0) and t.covers(1.0)
+    t.meta["train"] = {"ratios": [0.4, 0.5, 0.8]}
+    assert t.keep_range == (0.4, 0.8)
+    assert t.covers(0.4) and t.covers(0.8) and not t.covers(0.9) and not t.covers(0.3)
