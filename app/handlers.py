@@ -294,11 +294,25 @@ def _mask_panel(a: Analysis, name: str, ratio: float):
     return render.placeholder(a.view, _why_missing(a, name))
 
 
+def _with_rankers(a: Analysis, encoder_gflops: float, left: str, right: str) -> str:
+    """"golden 41.1 (its search), predictor 0.284": the pruned encoder's GFLOPs plus what each
+    side's ranker spends choosing (equal cost means all cost; ``engine.ranker_gflops``)."""
+    costs = []
+    for name in dict.fromkeys((left, right)):
+        g = a.ranker_gflops.get(name)
+        costs.append(f"{plots.display_name(name)} "
+                     f"{'unknown' if g is None else format(encoder_gflops + g, '.3g')}"
+                     + (" (its search)" if name == "golden" else ""))
+    return ", ".join(costs)
+
+
 def _agreement_md(a: Analysis, left: str, right: str, ratio: float) -> str:
     k = a.model.keep_count(ratio)
+    enc = float(pr.flops(a.model, keep=k))
     head = (f"**Keep ratio {ratio:.2f}**: {k} of {a.num_patches} patches kept from block "
-            f"{a.model.prune_layer} on; GFLOPs {float(pr.flops(a.model, keep=k)):.3f} of "
-            f"{float(pr.flops(a.model)):.3f} (1 MAC = 2 FLOPs).")
+            f"{a.model.prune_layer} on; GFLOPs {enc:.3f} of {float(pr.flops(a.model)):.3f} for the "
+            f"encoder (1 MAC = 2 FLOPs), with each side's ranker: "
+            f"{_with_rankers(a, enc, left, right)}.")
     if left not in a.orders or right not in a.orders:
         return head + "  \nAgreement needs two rankers with a patch order (not a merger)."
     if left == right:
@@ -436,11 +450,7 @@ def prune(ratio: float, left: str, right: str, labels: Any, use_tokens: bool = F
     lat_p, lat_f = engine.time_forward(m, a.x, None if timed is None else a.orders[timed][:k], tokens=tokens)
     extra = tokens.num_visual if tokens is not None else 0
     g_p, g_f = float(pr.flops(m, keep=k, extra_tokens=extra)), float(pr.flops(m))
-    costs = []
-    for name in dict.fromkeys((left, right)):
-        g = a.ranker_gflops.get(name)
-        costs.append(f"{plots.display_name(name)} {'unknown' if g is None else format(g_p + g, '.3g')}"
-                     + (" (its search)" if name == "golden" else ""))
+    costs = _with_rankers(a, g_p, left, right)
     top = names[int(np.argmax(full))]
     flips = []
     for name, d in zip((left, right), out[1:]):
@@ -451,7 +461,7 @@ def prune(ratio: float, left: str, right: str, labels: Any, use_tokens: bool = F
     md = (f"**Kept tokens** {k} of {a.num_patches} patches (+ CLS"
           + (f" + {extra} learnable" if extra else "") + f") from block {m.prune_layer} on.  \n"
           f"**GFLOPs** {g_p:.3f} pruned encoder vs {g_f:.3f} full ({100 * (1 - g_p / g_f):.0f}% "
-          f"fewer; analytic, 1 MAC = 2 FLOPs); with the ranker's own cost: " + ", ".join(costs)
+          f"fewer; analytic, 1 MAC = 2 FLOPs); with the ranker's own cost: " + costs
           + ".  \n"
           f"**Latency** {lat_p:.1f} ms pruned vs {lat_f:.1f} ms full (x{lat_f / max(lat_p, 1e-6):.2f}); "
           f"this image, batch 1, median of 3 on this server's CPU.  \n"

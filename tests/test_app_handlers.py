@@ -133,6 +133,7 @@ def test_threshold_runs_no_model(analysed, monkeypatch):
     hi = H.threshold(0.8, LEFT, RIGHT, session=sid)
     assert np.asarray(lo[0]).mean() < np.asarray(hi[0]).mean()      # fewer kept = darker
     assert "39 of 196" in lo[2] and "157 of 196" in hi[2]
+    assert "with each side's ranker: golden (one-shot leave-one-out)" in lo[2] and "(its search)" in lo[2]
 
 
 def test_prune_top5_and_costs(analysed):
