@@ -618,7 +618,8 @@ def read_classnames_file(path: str, current: Sequence[str] | None) -> tuple[str,
 # -- rankers registry --------------------------------------------------------------------------
 #: Default golden variant for sweeps, the app and the CLI: one-shot leave-one-out with the
 #: label-free score. Chosen on ``bundled-val`` by ``benchmarks/golden_variants.py`` (README: the
-#: variant study): it keeps the object and is an order of magnitude cheaper than greedy search.
+#: variant study): accuracy ties every search, it keeps the object (98.5 % of its patches at keep
+#: 0.4, greedy 29-55 %) and costs 6-12x fewer FLOPs than the greedy searches.
 DEFAULT_SETTINGS = {"score": "similarity", "step": 10, "block": 1, "mode": "oneshot"}
 
 
