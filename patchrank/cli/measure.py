@@ -32,7 +32,8 @@ def add_sweep(p: argparse.ArgumentParser) -> None:
                    help="bundled-eval, an image folder (class subfolders), or a CoOp dataset folder "
                         "(optionally @train/@val/@test)")
     p.add_argument("--methods", type=name_list, default=joined(default_of(fn, "methods")),
-                   help="golden, predictor, <method>+tokens, attention, attention+fuse, norm, random, tome")
+                   help="golden (one-shot leave-one-out), golden-greedy (the paper's search), predictor, "
+                        "<method>+tokens, attention, attention+fuse, norm, norm-low, random, tome")
     p.add_argument("--ratios", type=ratio_list, default=joined(default_of(fn, "ratios")), help="keep ratios")
     p.add_argument("--out", required=True, help="results JSON (CSV and a resumable .cells.jsonl beside it)")
     p.add_argument("--rankings", default=None, help="golden ranking folder to reuse for 'golden' "

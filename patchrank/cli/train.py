@@ -203,8 +203,9 @@ def resolve_ranker(spec: str, m) -> tuple[object, str | None]:
 
 
 COMMANDS = (
-    Command("golden", "golden rankings of a dataset into a folder (resumable; "
-            "torchrun --nproc_per_node=N -m patchrank golden ... shards it)", add_golden, run_golden),
+    Command("golden", "golden rankings of a dataset into a folder: one-shot leave-one-out by "
+            "default, the paper's greedy search with --mode greedy (resumable; torchrun "
+            "--nproc_per_node=N -m patchrank golden ... shards it)", add_golden, run_golden),
     Command("train-clip", "train the bundled CLIP on generated scenes (resumable)",
             add_train_clip, run_train_clip, dict(model_options=False, compute=False)),
     Command("train-predictor", "train a patch-ranking predictor on golden rankings",
