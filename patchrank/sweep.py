@@ -767,7 +767,8 @@ def write_results(results: dict, out: str | os.PathLike) -> tuple[Path, Path]:
 # -- reproduce: the paper's README table ----------------------------------------------------------
 #: Row labels of the paper-shaped table.
 METHOD_TITLES = {"attention+fuse": "EViT (CLS attention + fuse)", "tome": "ToMe",
-                 "attention": "CLS attention", "norm": "token norm", "random": "random",
+                 "attention": "CLS attention", "norm": "token norm (high first)",
+                 "norm-low": "token norm (low first)", "random": "random",
                  "golden": "golden (one-shot leave-one-out)", "predictor": "Ours (predictor)",
                  "predictor+tokens": "Ours (predictor + tokens)"}
 REPRODUCE_METHODS = ("attention+fuse", "tome", "attention", "random", "predictor", "predictor+tokens")
