@@ -636,7 +636,8 @@ class GoldenRanker:
 
     def gflops(self, m) -> float | None:
         """The search's GFLOPs per image (``search_gflops``); None where it depends on the image."""
-        return search_gflops(m, golden_settings(m, **self.settings))
+        keys = ("score", "step", "block", "stop_at", "mode", "lazy")   # what the cost depends on
+        return search_gflops(m, golden_settings(m, **{k: v for k, v in self.settings.items() if k in keys}))
 
     def scores(self, m, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         return rankers.scores_from_order(self.rank(m, x, h))
