@@ -1,14 +1,12 @@
 """PatchRank demo entry point: ``python app.py`` locally and on Hugging Face Spaces.
 
-The ``app/`` package (imported below) holds the UI; ``patchrank/`` is the engine. Offline
-switches are set before gradio or huggingface_hub are imported. On Spaces (``SPACE_ID`` set) the
-Hub stays reachable so real CLIP weights can load.
+The ``app/`` package (imported below) holds the UI; ``patchrank/`` is the engine. The bundled
+model needs no network; the Hub is left as huggingface_hub configures it (``HF_HUB_OFFLINE``,
+``HF_ENDPOINT`` are the user's), so real CLIP weights can load wherever the Hub is reachable.
 """
 import os
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-if not os.environ.get("SPACE_ID"):
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import torch  # noqa: E402
 

@@ -7,7 +7,7 @@ rankers give ``scores(m, x, h) -> [B,P]`` (higher = kept first) and mergers give
 
 - ``random``: uniform random scores (seeded; deterministic by default).
 - ``attention``: CLS-to-patch attention of block k-1, the last block before pruning, recomputed
-  from its weights and averaged over heads (the paper's commented CLS-attention baseline, spec e,
+  from its weights and averaged over heads (the paper's commented CLS-attention baseline, docs/paper.md,
   moved to our "prune at the input of block k" convention).
 - ``attention+fuse``: EViT (Liang et al., ICLR 2022): keep the k-1 most attended patches and fuse
   the rest into one token weighted by their attention, so 1+k tokens go on.

@@ -11,7 +11,7 @@ import torch
 
 from .errors import PatchRankError
 
-#: The paper's "top-n match" counts the 50 least important of 196 patches (spec b.2).
+#: The paper's "top-n match" counts the 50 least important of 196 patches (docs/paper.md).
 PAPER_BOTTOM_FRACTION = 50 / 196
 
 
@@ -56,7 +56,7 @@ def _set_mask(ids: torch.Tensor, p: int) -> torch.Tensor:
 
 
 def bottom_overlap(pred: torch.Tensor, ref: torch.Tensor, n: int | None = None) -> torch.Tensor:
-    """|bottom-n(pred) ∩ bottom-n(ref)| / n, the paper's "top-n match" (spec b.2: n = 50 of 196).
+    """|bottom-n(pred) ∩ bottom-n(ref)| / n, the paper's "top-n match" (docs/paper.md: n = 50 of 196).
 
     ``n`` defaults to the paper's share of the patches, round(50/196 * P)."""
     pred, ref = _pair(pred, ref)

@@ -207,7 +207,7 @@ def flops(m: PatchModel, keep: int | None = None, extra_tokens: int = 0) -> _flo
 
 
 def default_prune_layer(num_layers: int) -> int:
-    """Input of block round(L/4): 3 for 12 blocks, as in the paper (spec b.0)."""
+    """Input of block round(L/4): 3 for 12 blocks, as in the paper (docs/paper.md)."""
     return max(0, min(num_layers - 1, round(num_layers / 4)))
 
 

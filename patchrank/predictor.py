@@ -1,16 +1,16 @@
-"""The patch-ranking predictor (paper phase II, spec b.2): a tiny network that reads the tokens
+"""The patch-ranking predictor (paper phase II, docs/paper.md): a tiny network that reads the tokens
 entering block k of the *same* CLIP and scores every patch; trained to reproduce golden rankings.
 
-Architecture (spec b.2, from the official ``train_predictor.py``): channel average pooling D -> 64,
+Architecture (docs/paper.md, from the official ``train_predictor.py``): channel average pooling D -> 64,
 one MLP-Mixer block (Tolstikhin et al. 2021: token MLP (1+P) -> 32 -> (1+P), channel MLP
 64 -> 256 -> 64, GELU, pre-LayerNorm eps 1e-6), drop CLS, Linear(64, 1) -> one score per patch.
 About 46 K parameters for 196 patches. Unlike the official script, which fed it the last block of
-a second full ViT (spec f.1, making pruning pointless), it reads the prefix the pruned forward
+a second full ViT (docs/paper.md, making pruning pointless), it reads the prefix the pruned forward
 computes anyway, so it adds ~0.06% of ViT-B/16's FLOPs.
 
 Losses (all take scores [B,P] and golden orders [B,P], most important first):
 - ``kl``: the paper's keep-set target, KL(p || softmax(scores)) with p ~uniform on the top K
-  golden patches, ~0 elsewhere (spec b.2; K from a configurable keep ratio).
+  golden patches, ~0 elsewhere (docs/paper.md; K from a configurable keep ratio).
 - ``margin``: pairwise hinge on sampled pairs, the paper's commented alternative.
 - ``listwise``: Plackett-Luce likelihood of the full golden order (Plackett 1975; ListMLE,
   Xia et al. 2008).
@@ -178,7 +178,7 @@ def load_predictor(path: str | os.PathLike | None = None, model=None) -> Predict
 
 # -- losses ---------------------------------------------------------------------------------------
 def keep_set_target(order: torch.Tensor, keep_ratio: float = 0.6) -> torch.Tensor:
-    """The paper's target distribution (spec b.2): logit 0 for the top K golden patches and
+    """The paper's target distribution (docs/paper.md): logit 0 for the top K golden patches and
     -5 - 0.1*j for position j >= K, softmaxed -> ~1/K on the kept set, ~0 on the rest."""
     b, p = order.shape
     k = M.keep_count(keep_ratio, p)
@@ -189,7 +189,7 @@ def keep_set_target(order: torch.Tensor, keep_ratio: float = 0.6) -> torch.Tenso
 
 
 def kl_keep_loss(scores: torch.Tensor, order: torch.Tensor, keep_ratio: float = 0.6, **_) -> torch.Tensor:
-    """KL(target || softmax(scores)), summed over patches, mean over the batch (spec b.2)."""
+    """KL(target || softmax(scores)), summed over patches, mean over the batch (docs/paper.md)."""
     return F.kl_div(F.log_softmax(scores, dim=1), keep_set_target(order, keep_ratio), reduction="batchmean")
 
 
@@ -312,7 +312,7 @@ def train_on_features(predictor: Predictor, feats: torch.Tensor, orders: torch.T
     """Train ``predictor`` on cached tokens ``feats`` [N,1+P,D] against golden ``orders`` [N,P].
 
     Adam (lr 1e-3, weight decay 1e-4) with a cosine schedule to lr/10 over the planned steps
-    (spec b.2: CosineAnnealingLR to 1e-4), no augmentation (rankings are tied to the exact crop).
+    (docs/paper.md: CosineAnnealingLR to 1e-4), no augmentation (rankings are tied to the exact crop).
     A seeded ``val_fraction`` of the images is held out; after each epoch the validation loss
     decides early stopping (``patience`` epochs without improvement) and the best epoch's weights
     are kept. Deterministic for a given seed. ``threads``: torch CPU threads while training (the

@@ -1,4 +1,4 @@
-"""Learnable tokens (paper phase III, spec b.4): a few vectors trained *with pruning active* to win
+"""Learnable tokens (paper phase III, docs/paper.md): a few vectors trained *with pruning active* to win
 back the accuracy that dropping patches loses, while CLIP and the ranker stay frozen.
 
 Two kinds, either or both:

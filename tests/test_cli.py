@@ -2,6 +2,7 @@
 one name and one default per shared option, JSON on stdout, and exit codes 0 / 1 / 2 / 130."""
 import argparse
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -123,5 +124,6 @@ def test_traceback_flag_reraises(tmp_path):
 
 def test_the_cli_leaves_hf_hub_offline_to_the_user():
     """The product never switches the Hub off for its user (tests set it in conftest)."""
-    for path in (ROOT / "patchrank").rglob("*.py"):
-        assert "HF_HUB_OFFLINE\", \"1\"" not in path.read_text(), path
+    for path in [*(ROOT / "patchrank").rglob("*.py"), *(ROOT / "app").rglob("*.py"), ROOT / "app.py"]:
+        text = path.read_text()
+        assert not re.search(r"""environ(\.setdefault\(|\[)\s*["']HF_HUB_OFFLINE""", text), path

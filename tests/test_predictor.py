@@ -51,7 +51,7 @@ def _linear_target(m, x, seed=1):
 # -- architecture and cost ------------------------------------------------------------------------
 def test_paper_size_and_reference_forward():
     p = P.Predictor(768, 196)
-    assert p.num_params() == 46246       # spec b.2: ~46 K
+    assert p.num_params() == 46246       # the paper's ~46 K
     torch.manual_seed(0)
     h = torch.randn(2, 197, 768)
     x = h.view(2, 197, 64, 12).mean(-1)                 # pool: mean of 12 neighbouring channels
