@@ -1,5 +1,6 @@
 """PatchRank: prune CLIP ViT patch tokens by learned ranking (Wu et al., arXiv 2409.14607)."""
 from .bundled import bundled_eval
+from .dropin import PrunedCLIP, prune
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 from .golden import Ranking, golden_ranking
 from .models import PatchModel, flops, load_model
@@ -8,5 +9,5 @@ from .tokens import LearnableTokens, load_tokens
 
 __all__ = ["PatchModel", "load_model", "flops", "bundled_eval", "PatchRankError",
            "WeightsUnavailable", "ModelMismatch", "golden_ranking", "Ranking", "Predictor",
-           "load_predictor", "LearnableTokens", "load_tokens"]
+           "load_predictor", "LearnableTokens", "load_tokens", "prune", "PrunedCLIP"]
 __version__ = "0.1.0"

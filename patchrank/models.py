@@ -33,8 +33,9 @@ class PatchModel:
 
     def __init__(self, clip, preprocess, tokenizer, *, name: str, pretrained: str | None,
                  prune_layer: int | None = None, model_id: str | None = None,
-                 templates: Sequence[str] = DEFAULT_TEMPLATES, classnames: Sequence[str] | None = None):
-        self.clip = clip.eval()
+                 templates: Sequence[str] = DEFAULT_TEMPLATES, classnames: Sequence[str] | None = None,
+                 set_eval: bool = True):
+        self.clip = clip.eval() if set_eval else clip
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.name, self.pretrained = name, pretrained
@@ -44,6 +45,22 @@ class PatchModel:
         self._prune_layer = None
         self.prune_layer = default_prune_layer(self.num_layers) if prune_layer is None else prune_layer
         self._zs_cache: dict = {}
+
+    @classmethod
+    def view(cls, clip, prune_layer: int | None = None) -> "PatchModel":
+        """A PatchModel over an open_clip CLIP the caller owns (``patchrank.prune``): nothing on
+        ``clip`` changes, not even its train/eval flag. Its name is unknown, so its id is its
+        weights' fingerprint; predictors and tokens made for the same weights under any name
+        are accepted (``errors.check_made_for``)."""
+        name = type(clip).__name__
+        return cls(clip, None, None, name=name, pretrained=None, prune_layer=prune_layer,
+                   model_id=f"{name}/{weights_fingerprint(clip)}", set_eval=False)
+
+    @functools.cached_property
+    def fingerprint(self) -> str:
+        """Hash of the weights (``weights_fingerprint``): the same for the same weights, whatever
+        name or file they were loaded from. Taken once, like ``model_id``."""
+        return weights_fingerprint(self.clip)
 
     # -- geometry ---------------------------------------------------------------------------
     @property
@@ -221,7 +238,8 @@ def weights_fingerprint(clip) -> str:
 
 
 # -- loading --------------------------------------------------------------------------------------
-def _check_vit(clip, name: str) -> None:
+def check_vit(clip, name: str) -> None:
+    """Refuse towers the pruned forward is not exact for, with the reason and what works."""
     from open_clip.transformer import VisionTransformer
     visual = getattr(clip, "visual", None)
     if not isinstance(visual, VisionTransformer):
@@ -331,7 +349,7 @@ def load_model(name: str = "bundled", pretrained: str | None = None, *, prune_la
         m = load_bundled(prune_layer=prune_layer)
     else:
         clip, preprocess, tokenizer = _load_open_clip(name, pretrained, force_quick_gelu)
-        _check_vit(clip, name)
+        check_vit(clip, name)
         m = PatchModel(clip, preprocess, tokenizer, name=name, pretrained=pretrained,
                        prune_layer=prune_layer)
     if dtype != torch.float32 or str(device) != "cpu":

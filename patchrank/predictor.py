@@ -75,7 +75,8 @@ class Predictor(nn.Module):
     @classmethod
     def for_model(cls, m, **kwargs) -> "Predictor":
         """A fresh (random-init) predictor shaped for model ``m`` and its prune layer."""
-        return cls(m.width, m.num_patches, model_id=m.model_id, prune_layer=m.prune_layer, **kwargs)
+        meta = {"weights_fingerprint": m.fingerprint, **kwargs.pop("meta", {})}
+        return cls(m.width, m.num_patches, model_id=m.model_id, prune_layer=m.prune_layer, meta=meta, **kwargs)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
         if h.dim() != 3 or h.shape[1] != self.num_patches + 1 or h.shape[2] != self.width:
@@ -89,7 +90,8 @@ class Predictor(nn.Module):
     # -- ranker protocol ----------------------------------------------------------------------
     def check_model(self, m) -> None:
         """Refuse a model other than the one this predictor was trained for."""
-        check_made_for("this predictor", self.model_id, self.prune_layer, m, "train-predictor")
+        check_made_for("this predictor", self.model_id, self.prune_layer, m, "train-predictor",
+                       self.meta.get("weights_fingerprint"))
         if (m.width, m.num_patches) != (self.width, self.num_patches):
             raise ModelMismatch(f"this predictor reads {self.num_patches} patches of width "
                                 f"{self.width}; model {m.model_id!r} has {m.num_patches} of width {m.width}")

@@ -160,7 +160,7 @@ class LearnableTokens(nn.Module):
             text_width = _text_tower(m.clip).token_embedding.weight.shape[1]
         t = cls(m.width, num_visual=num_visual, depth=(m.num_layers - m.prune_layer) if deep else 0,
                 text_width=text_width, n_ctx=text_ctx, template=template, model_id=m.model_id,
-                prune_layer=m.prune_layer, meta=meta)
+                prune_layer=m.prune_layer, meta={"weights_fingerprint": m.fingerprint, **(meta or {})})
         g = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             if t.visual is not None:
@@ -224,7 +224,8 @@ class LearnableTokens(nn.Module):
     # -- model check --------------------------------------------------------------------------
     def check_model(self, m) -> None:
         """Refuse a model other than the one these tokens were trained for."""
-        check_made_for("these tokens", self.model_id, self.prune_layer, m, "tune-tokens")
+        check_made_for("these tokens", self.model_id, self.prune_layer, m, "tune-tokens",
+                       self.meta.get("weights_fingerprint"))
         if m.width != self.width:
             raise ModelMismatch(f"these tokens have width {self.width}; model {m.model_id!r} has "
                                 f"width {m.width}")

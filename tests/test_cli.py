@@ -25,6 +25,8 @@ BAD_USAGE = {
     "reproduce": ["--root", "r", "--format", "html"],
     "bench": ["--dtype", "float8"],
     "figures": [],                                                 # RESULTS missing
+    "embed": ["--data", "d", "--out", "e.npy", "--out-dtype", "int8"],
+    "export": ["--out", "e.onnx", "--keep", "0"],
 }
 
 

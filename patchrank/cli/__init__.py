@@ -16,11 +16,11 @@ from typing import Iterator, Sequence
 
 from .. import __version__
 from ..jsonl import finite
-from . import measure, train
+from . import deploy, measure, train
 from .options import Formatter, shared_options
 
 #: Every subcommand, in the order ``--help`` lists them.
-COMMANDS = (*train.COMMANDS, *measure.COMMANDS)
+COMMANDS = (*train.COMMANDS, *measure.COMMANDS, *deploy.COMMANDS)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -167,4 +167,4 @@ def load(a: argparse.Namespace, dtype: str | None = None) -> "PatchModel":
     from ..models import load_model
     return load_model(getattr(a, "model", "bundled"), getattr(a, "pretrained", None),
                       prune_layer=getattr(a, "prune_layer", None),
-                      dtype=torch_dtype(dtype or a.dtype), device=a.device)
+                      dtype=torch_dtype(dtype or a.dtype), device=getattr(a, "device", "cpu"))

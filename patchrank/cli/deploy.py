@@ -1,0 +1,68 @@
+"""Subcommands that put pruning to use: ``embed`` (embeddings of a folder) and ``export`` (the
+pruned image encoder as ONNX). Arguments and the call into the library only.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .options import Command, default_of, load, one_ratio, positive_int
+
+RANKER_HELP = ("a predictor file made for --model, hf-hub:org/repo, 'predictor' (the bundled one), "
+               "or a training-free ranker: norm, attention, tome, ...")
+
+
+# -- embed ----------------------------------------------------------------------------------------
+def add_embed(p: argparse.ArgumentParser) -> None:
+    from ..embed import OUT_DTYPES
+    from ..embed import embed_images as fn
+    p.add_argument("--data", required=True,
+                   help="image folder (searched recursively) or a text file with one image path per line")
+    p.add_argument("--out", required=True, help="embeddings .npy (an index .json is written beside it)")
+    p.add_argument("--keep", type=one_ratio, default=default_of(fn, "keep_ratio"),
+                   help="keep ratio in (0, 1]; 1.0 = open_clip's own embeddings")
+    p.add_argument("--ranker", default=default_of(fn, "ranker"), help=RANKER_HELP)
+    p.add_argument("--tokens", default=None, help="learnable tokens file made for --model ('bundled': the bundled ones)")
+    p.add_argument("--batch", type=positive_int, default=default_of(fn, "batch"), help="images per batch")
+    p.add_argument("--workers", type=int, default=default_of(fn, "workers"),
+                   help="image-decoding worker processes (0: decode in the main process)")
+    p.add_argument("--out-dtype", default=default_of(fn, "out_dtype"), choices=OUT_DTYPES,
+                   help="precision of the saved embeddings")
+    p.add_argument("--no-normalize", action="store_true", help="save unnormalised embeddings")
+    p.add_argument("--on-error", default=default_of(fn, "on_error"), choices=["skip", "stop"],
+                   help="an unreadable image: skip it (named on stderr, counted) or stop")
+    p.add_argument("--no-compare", action="store_true",
+                   help="skip timing the full model on the first batch for the speed-up figure")
+    p.add_argument("--fresh", action="store_true", help="discard an unfinished earlier run")
+
+
+def run_embed(a: argparse.Namespace) -> dict:
+    from ..embed import embed_images
+    return embed_images(load(a), a.data, a.out, keep_ratio=a.keep, ranker=a.ranker, tokens=a.tokens,
+                        batch=a.batch, workers=a.workers, out_dtype=a.out_dtype,
+                        normalize=not a.no_normalize, on_error=a.on_error, fresh=a.fresh,
+                        compare=not a.no_compare, progress=not a.no_progress)
+
+
+# -- export ---------------------------------------------------------------------------------------
+def add_export(p: argparse.ArgumentParser) -> None:
+    from ..export import export_onnx as fn
+    p.add_argument("--out", required=True, help="the .onnx file to write")
+    p.add_argument("--keep", type=one_ratio, default=default_of(fn, "keep_ratio"),
+                   help="keep ratio in (0, 1]: fixes the kept count in the graph")
+    p.add_argument("--ranker", default=default_of(fn, "ranker"), help=RANKER_HELP)
+    p.add_argument("--tokens", default=None, help="learnable tokens file made for --model")
+    p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
+
+
+def run_export(a: argparse.Namespace) -> dict:
+    from ..export import export_onnx
+    return export_onnx(load(a, dtype="float32"), a.out, keep_ratio=a.keep, ranker=a.ranker,
+                       tokens=a.tokens, check=not a.no_check)
+
+
+COMMANDS = (
+    Command("embed", "image embeddings of a folder, pruned (resumable; .npy + .json index)",
+            add_embed, run_embed),
+    Command("export", "the pruned image encoder, patch selection included, as ONNX",
+            add_export, run_export, dict(compute=False)),
+)
