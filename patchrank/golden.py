@@ -51,7 +51,7 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import forward, rankers
+from . import distributed, forward, rankers
 from .errors import PatchRankError
 
 SCORES = ("similarity", "label", "max")
@@ -533,8 +533,8 @@ def rank_dataset(m, ds, out, *, score: str = "similarity", step: int = 10, block
 
     from . import store
 
-    dist = _dist()
-    rank, world = (dist.get_rank(), dist.get_world_size()) if dist else (0, 1)
+    dist = distributed.group()
+    rank, world = distributed.rank_world()
     classnames = (ds.classnames or m.classnames) if score != "similarity" else None
     settings = golden_settings(m, score, step, block, stop_at, mode=mode, lazy=lazy, dtype=dtype,
                                classnames=classnames)
@@ -542,18 +542,8 @@ def rank_dataset(m, ds, out, *, score: str = "similarity", step: int = 10, block
     if score == "label" and ids and ds.label(0) is None:
         raise PatchRankError(f"score='label' needs labelled data; {ds.spec} has no labels "
                              "(use class subfolders, or score='similarity')")
-    err = None
-    if rank == 0:
-        try:
-            store.prepare(out, m.model_id, settings, grid=m.grid, data=getattr(ds, "spec", None))
-        except PatchRankError as e:
-            err = str(e)
-    if dist:
-        box = [err]
-        dist.broadcast_object_list(box, src=0)
-        err = box[0]
-    if err:
-        raise PatchRankError(err)
+    distributed.on_rank0(lambda: store.prepare(out, m.model_id, settings, grid=m.grid,
+                                               data=getattr(ds, "spec", None)))
     writer = store.ShardWriter(out, rank)
     try:
         done = store.done_ids(out)
@@ -591,14 +581,6 @@ def rank_dataset(m, ds, out, *, score: str = "similarity", step: int = 10, block
             "world_size": world, "seconds": round(seconds, 3),
             "images_per_min": round(60 * computed / seconds, 2) if seconds > 0 and computed else None,
             "gflops_per_image": round(gflops / computed, 3) if computed else None}
-
-
-def _dist():
-    """torch.distributed when initialised with more than one process, else None."""
-    import torch.distributed as dist
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        return dist
-    return None
 
 
 def read_classnames_file(path: str, current: Sequence[str] | None) -> tuple[str, ...]:

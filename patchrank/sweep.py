@@ -70,7 +70,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from . import forward, rankers
+from . import distributed, forward, rankers
 from .jsonl import AppendLog, finite, read_records
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
@@ -318,9 +318,12 @@ class CellStore:
     """Append-only JSONL of finished (batch, method) predictions; first line = settings header.
 
     Each record is written whole, flushed and fsynced; a partial last line (a killed writer) is
-    dropped on reopen. Opening with other settings raises, naming what differs."""
+    dropped on reopen. Opening with other settings raises, naming what differs. Under torchrun
+    each rank appends to its own shard (``<cells>.rank<R>.jsonl``) and reads every shard, so a
+    run resumes whatever the number of processes before and after."""
 
-    def __init__(self, path: str | os.PathLike, settings: dict, fresh: bool = False):
+    def __init__(self, path: str | os.PathLike, settings: dict, fresh: bool = False,
+                 shard: int | None = None):
         self.path = Path(path)
         self.settings = settings
         self.hash = _digest(settings)
@@ -328,29 +331,42 @@ class CellStore:
         self.done: dict[tuple[int, str], dict] = {}
         self.seconds: dict[str, float] = {}
         self.cpu: dict[str, float] = {}
-        if fresh and self.path.exists():
-            self.path.unlink()
+        if fresh:
+            distributed.on_rank0(lambda: [f.unlink() for f in self.files()])
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.exists() or self.path.stat().st_size == 0
-        if not new:
-            self._read()
-        self._log = AppendLog(self.path)
+        self.reload()
+        own = self.path if shard is None else self.path.with_name(
+            self.path.name.replace(".jsonl", f".rank{shard}.jsonl"))
+        new = not own.exists() or own.stat().st_size == 0
+        self._log = AppendLog(own)
         if new:
             self._write({"type": "header", "format": CELLS_FORMAT, "settings_hash": self.hash,
                          "settings": settings})
 
-    def _read(self) -> None:
-        for no, rec in read_records(self.path, "delete the file (or rerun with --fresh) to start over"):
+    def files(self) -> list[Path]:
+        """The main cell file and every rank's shard that exist."""
+        shards = sorted(self.path.parent.glob(self.path.name.replace(".jsonl", ".rank*.jsonl")))
+        return [f for f in [self.path, *shards] if f.exists()]
+
+    def reload(self) -> None:
+        """Read every cell file (after the other ranks finished: their cells too)."""
+        self.fingerprints, self.done, self.seconds, self.cpu = {}, {}, {}, {}
+        for f in self.files():
+            if f.stat().st_size:
+                self._read(f)
+
+    def _read(self, path: Path) -> None:
+        for no, rec in read_records(path, "delete the file (or rerun with --fresh) to start over"):
             kind = rec.get("type")
             if no == 1 and kind != "header":
-                raise PatchRankError(f"{self.path} is not a sweep cell file; use another --out")
+                raise PatchRankError(f"{path} is not a sweep cell file; use another --out")
             if kind == "header":
                 if rec.get("settings_hash") != self.hash:
                     old = rec.get("settings", {})
                     diff = "; ".join(f"{k}: {_short(old.get(k))} -> {_short(self.settings.get(k))}"
                                      for k in sorted(set(old) | set(self.settings))
                                      if old.get(k) != self.settings.get(k))
-                    raise PatchRankError(f"{self.path} holds a sweep with other settings ({diff}); "
+                    raise PatchRankError(f"{path} holds a sweep with other settings ({diff}); "
                                          "use another --out, or --fresh to discard it")
             elif kind == "method":
                 self.fingerprints[rec["method"]] = rec["fingerprint"]
@@ -547,7 +563,9 @@ def run_sweep(m, dataset, methods: Sequence[str] = DEFAULT_METHODS,
     string; ``rankings``: a golden ranking folder (or (meta, orders)) for ``golden``;
     ``templates``: prompt template(s), default the dataset's own (CoOp) else the model's;
     ``latency_batches=()`` skips timing; ``out``: results JSON path (+ CSV, + resumable cells
-    file), or None to keep everything in memory. Returns the results dict."""
+    file), or None to keep everything in memory. Returns the results dict. Under torchrun the
+    batches are split round-robin across ranks; rank 0 then times, assembles and returns the
+    results, the others return None."""
     t_start = time.perf_counter()
     if isinstance(batch, bool) or int(batch) < 1:
         raise PatchRankError(f"batch must be a positive integer, got {batch!r}")
@@ -570,17 +588,22 @@ def run_sweep(m, dataset, methods: Sequence[str] = DEFAULT_METHODS,
                 "labels": _digest(labels.tolist()), "classnames": list(clf.classnames),
                 "templates": list(clf.templates), "batch": int(batch),
                 "ratios": ratios, "keep": [m.keep_count(r) for r in ratios]}
-    store = CellStore(cells_path(out), settings, fresh=fresh) if out is not None else _MemoryStore(settings)
+    rank, world = distributed.rank_world()
+    if world > 1 and out is None:
+        raise PatchRankError("under torchrun a sweep needs an output file (--out): the processes "
+                             "share their results through its cell files")
+    store = (CellStore(cells_path(out), settings, fresh=fresh, shard=rank if world > 1 else None)
+             if out is not None else _MemoryStore(settings))
     try:
         for meth in meths:
             store.check_method(meth.name, meth.fingerprint)
         clfs = {meth.name: (meth.tokens.zero_shot(m, list(ds.classnames))
                             if meth.tokens is not None and getattr(meth.tokens, "n_ctx", 0) else clf)
                 for meth in meths}
-        starts = list(range(0, len(ids), int(batch)))
+        starts = list(range(0, len(ids), int(batch)))[rank::world]
         todo = [(s, meth) for s in starts for meth in [None, *meths]
                 if (s, "full" if meth is None else meth.name) not in store.done]
-        bar = _bar(progress, len(todo), "sweep")
+        bar = _bar(progress and rank == 0, len(todo), "sweep" + (f" x{world} procs" if world > 1 else ""))
         with torch.inference_mode():
             for s in starts:
                 need = [meth for meth in meths if (s, meth.name) not in store.done]
@@ -603,6 +626,11 @@ def run_sweep(m, dataset, methods: Sequence[str] = DEFAULT_METHODS,
                     store.put(s, meth.name, preds, time.perf_counter() - t1, time.process_time() - c1)
                     bar.update(1)
         bar.close()
+        if world > 1:
+            distributed.barrier()          # every rank's cells are on disk
+            if rank != 0:
+                return None                # rank 0 times, assembles and writes the results
+            store.reload()
         t_acc = time.perf_counter() - t_start
 
         timings: dict[int, dict[str, dict]] = {}
@@ -784,7 +812,8 @@ def reproduce(m, root: str | os.PathLike, datasets: Sequence[str], *,
     baseline) and return {"tables": {ratio: markdown}, "results": {dataset key: results}} (the
     paper's table is the one at 0.6). Per dataset its CoOp prompt is used; ``out_dir`` keeps
     each sweep resumable as ``<out_dir>/<key>.json``; ``rankings_root/<key>`` (or the CoOp
-    folder name), if present, supplies golden orders."""
+    folder name), if present, supplies golden orders. Under torchrun (``out_dir`` needed) each
+    dataset's batches are split across ranks; rank 0 returns the tables, the others None."""
     from .data.coop import open_coop
     results = {}
     for name in datasets:
@@ -803,6 +832,8 @@ def reproduce(m, root: str | os.PathLike, datasets: Sequence[str], *,
             m, ds, methods, sorted({1.0, *map(float, ratios)}, reverse=True), out, batch=batch,
             latency_batches=latency_batches, repeats=repeats, rankings=rk, predictor=predictor,
             tokens=tokens, limit=limit, progress=progress)
+    if distributed.rank_world()[0] != 0:
+        return None                        # rank 0 holds every dataset's results
     return {"tables": {f"{r:g}": reproduce_table(results, float(r)) for r in ratios}, "results": results}
 
 

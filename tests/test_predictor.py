@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import patchrank as pr
 from patchrank import predictor as P
+from patchrank import predictor_training as T
 from patchrank import rankers
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
@@ -128,7 +129,7 @@ def test_learns_a_synthetic_ranking(loss, key, floor):
     golden = _linear_target(m, x)
     ds = TensorSet(x)
     rankings = {ds.ids[i]: golden[i] for i in range(len(x))}
-    res = P.train_predictor(m, ds, rankings, loss=loss, epochs=15, batch=16, val_fraction=0.2,
+    res = T.train_predictor(m, ds, rankings, loss=loss, epochs=15, batch=16, val_fraction=0.2,
                             patience=None, seed=0)
     assert res.num_train == 192 and res.num_val == 48
     assert res.val_metrics[key] > floor, res.val_metrics
@@ -154,8 +155,8 @@ def test_training_is_deterministic_and_early_stopping_keeps_the_best_epoch():
     ds = TensorSet(x)
     rankings = {ds.ids[i]: noise[i] for i in range(48)}
     kw = dict(loss="listwise", epochs=60, batch=8, lr=1e-2, val_fraction=0.25, patience=3, seed=4)
-    a = P.train_predictor(m, ds, rankings, **kw)
-    b = P.train_predictor(m, ds, rankings, **kw)
+    a = T.train_predictor(m, ds, rankings, **kw)
+    b = T.train_predictor(m, ds, rankings, **kw)
     for (k1, v1), (k2, v2) in zip(a.predictor.state_dict().items(), b.predictor.state_dict().items()):
         assert k1 == k2 and torch.equal(v1, v2)
     assert len(a.history) < 60
@@ -169,15 +170,15 @@ def test_training_refuses_bad_inputs():
     ds = TensorSet(_images(m, 4))
     good = {i: torch.randperm(m.num_patches) for i in ds.ids}
     with pytest.raises(PatchRankError, match="no image"):
-        P.train_predictor(m, ds, {"other": good[ds.ids[0]]}, epochs=1)
+        T.train_predictor(m, ds, {"other": good[ds.ids[0]]}, epochs=1)
     with pytest.raises(PatchRankError, match="full order"):
-        P.train_predictor(m, ds, {i: torch.zeros(m.num_patches, dtype=torch.long) for i in ds.ids}, epochs=1)
+        T.train_predictor(m, ds, {i: torch.zeros(m.num_patches, dtype=torch.long) for i in ds.ids}, epochs=1)
     with pytest.raises(PatchRankError, match="unknown loss"):
-        P.train_predictor(m, ds, good, loss="hinge", epochs=1)
+        T.train_predictor(m, ds, good, loss="hinge", epochs=1)
     with pytest.raises(ModelMismatch, match="other-model"):
-        P.train_predictor(m, ds, ({"model_id": "other-model"}, good), epochs=1)
+        T.train_predictor(m, ds, ({"model_id": "other-model"}, good), epochs=1)
     with pytest.raises(PatchRankError, match="prune layer 2"):
-        P.train_predictor(m, ds, ({"model_id": m.model_id, "settings": {"prune_layer": 2}}, good), epochs=1)
+        T.train_predictor(m, ds, ({"model_id": m.model_id, "settings": {"prune_layer": 2}}, good), epochs=1)
 
 
 # -- ranker protocol, files -------------------------------------------------------------------------

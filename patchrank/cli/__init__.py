@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp = sub.add_parser(c.name, help=c.help, description=c.help, parents=parents,
                             formatter_class=Formatter)
         c.add(sp)
-        sp.set_defaults(run=c.run)
+        sp.set_defaults(run=c.run, distributed=c.distributed)
     return p
 
 
@@ -55,7 +55,7 @@ def run(a: argparse.Namespace) -> int:
     """The one error handler: the command's result as JSON on stdout and exit 0; any failure
     as one line on stderr and exit 1; Ctrl-C exits 130."""
     try:
-        with threads(getattr(a, "threads", None)):
+        with threads(getattr(a, "threads", None)), launched_for(a):
             result = a.run(a)
     except KeyboardInterrupt:
         print("interrupted; rerun the same command to resume", file=sys.stderr)
@@ -68,6 +68,21 @@ def run(a: argparse.Namespace) -> int:
     if result is not None:
         print(json.dumps(finite(result)))
     return 0
+
+
+@contextlib.contextmanager
+def launched_for(a: argparse.Namespace) -> Iterator[None]:
+    """The torchrun process group for commands that split work (``Command.distributed``); any
+    other command under torchrun would run N identical copies, so it is refused."""
+    from ..distributed import launched, launched_world
+    if launched_world() > 1 and not a.distributed:
+        from ..errors import PatchRankError
+        raise PatchRankError(f"{a.command} does not split its work across processes; run it "
+                             "without torchrun")
+    with launched(getattr(a, "device", "cpu")) as device:
+        if hasattr(a, "device"):
+            a.device = device
+        yield
 
 
 @contextlib.contextmanager

@@ -70,6 +70,8 @@ def run_sweep(a: argparse.Namespace) -> dict:
                     rankings=a.rankings, predictor=a.predictor, tokens=a.tokens,
                     templates=templates, limit=a.limit, fresh=a.fresh,
                     progress=not a.no_progress, command=a.command_line)
+    if res is None:                       # a torchrun rank other than 0: rank 0 reports
+        return None
     meta = res["meta"]
     summary = {"out": str(a.out), "csv": str(Path(a.out).with_suffix(".csv")),
                "rows": len(res["rows"]), "n_images": meta["n_images"],
@@ -108,6 +110,8 @@ def run_reproduce(a: argparse.Namespace) -> dict | None:
                     out_dir=a.out, rankings_root=a.rankings_root, batch=a.batch, limit=a.limit,
                     latency_batches=a.latency_batches, repeats=a.repeats, predictor=a.predictor,
                     tokens=a.tokens, progress=not a.no_progress)
+    if rep is None:                       # a torchrun rank other than 0: rank 0 reports
+        return None
     tables = "\n\n".join(rep["tables"].values())
     print(tables, file=sys.stdout if a.format == "md" else sys.stderr)
     if a.format == "md":
@@ -169,10 +173,11 @@ def run_figures(a: argparse.Namespace) -> dict | None:
 COMMANDS = (
     Command("eval-bundled", "the bundled model card's numbers: zero-shot top-1 and the object "
             "checks on the shipped evaluation split", add_eval_bundled, run_eval_bundled, dict(model_options=False)),
-    Command("sweep", "accuracy, GFLOPs and latency per method per keep ratio (resumable)",
-            add_sweep, run_sweep),
+    Command("sweep", "accuracy, GFLOPs and latency per method per keep ratio (resumable; "
+            "torchrun --nproc_per_node=N -m patchrank sweep ... splits the images)",
+            add_sweep, run_sweep, distributed=True),
     Command("reproduce", "the paper's table on CoOp datasets (JSON; markdown on stderr or --format md)",
-            add_reproduce, run_reproduce, dict(model="ViT-B-16", pretrained="openai")),
+            add_reproduce, run_reproduce, dict(model="ViT-B-16", pretrained="openai"), distributed=True),
     Command("bench", "image-encoder latency per keep ratio", add_bench, run_bench),
     Command("figures", "the markdown table, PNG and HTML figures of a sweep's results",
             add_figures, run_figures, None),

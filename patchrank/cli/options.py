@@ -41,6 +41,8 @@ class Command:
     add: Callable[[argparse.ArgumentParser], None]
     run: Callable[[argparse.Namespace], Any]
     shared: dict | None = field(default_factory=dict)
+    #: Splits its work across the processes ``torchrun`` starts (others refuse to run N copies).
+    distributed: bool = False
 
 
 def shared_options(*, model_options: bool = True, prune_layer: bool = True, compute: bool = True,

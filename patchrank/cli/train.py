@@ -37,33 +37,21 @@ def add_golden(p: argparse.ArgumentParser) -> None:
 
 
 def run_golden(a: argparse.Namespace) -> dict | None:
-    """torchrun-aware: with WORLD_SIZE > 1 each rank takes its share and rank 0 reports."""
-    import torch
-    import torch.distributed as dist
-
+    """Under torchrun each rank takes its share of the images; rank 0 reports."""
     from ..data.datasets import open_dataset
+    from ..distributed import rank_world
     from ..golden import rank_dataset, read_classnames_file
 
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1:
-        if a.device != "cpu":
-            a.device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}"
-            torch.cuda.set_device(a.device)
-        dist.init_process_group(backend="gloo" if a.device == "cpu" else "nccl")
-    try:
-        ds = open_dataset(a.data, a.limit)            # fail fast on a bad --data
-        if a.classnames:
-            ds.classnames = read_classnames_file(a.classnames, ds.classnames)
-        m = load(a, dtype="float32")
-        summary = rank_dataset(m, ds, a.out, score=a.score, step=a.step, block=a.block,
-                               stop_at=a.stop_at, mode=a.mode, lazy=a.lazy,
-                               dtype=None if a.dtype == "float32" else torch_dtype(a.dtype),
-                               limit=a.limit, batch_budget_mb=a.batch_budget_mb,
-                               progress=not a.no_progress)
-        return summary if world == 1 or dist.get_rank() == 0 else None
-    finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+    ds = open_dataset(a.data, a.limit)            # fail fast on a bad --data
+    if a.classnames:
+        ds.classnames = read_classnames_file(a.classnames, ds.classnames)
+    m = load(a, dtype="float32")
+    summary = rank_dataset(m, ds, a.out, score=a.score, step=a.step, block=a.block,
+                           stop_at=a.stop_at, mode=a.mode, lazy=a.lazy,
+                           dtype=None if a.dtype == "float32" else torch_dtype(a.dtype),
+                           limit=a.limit, batch_budget_mb=a.batch_budget_mb,
+                           progress=not a.no_progress)
+    return summary if rank_world()[0] == 0 else None
 
 
 # -- train-clip -----------------------------------------------------------------------------------
@@ -88,7 +76,8 @@ def run_train_clip(a: argparse.Namespace) -> dict:
 
 # -- train-predictor ------------------------------------------------------------------------------
 def add_train_predictor(p: argparse.ArgumentParser) -> None:
-    from ..predictor import LOSSES, train_predictor as fn
+    from ..predictor import LOSSES
+    from ..predictor_training import train_predictor as fn
     p.add_argument("--rankings", required=True, help="ranking folder of `golden` (same model)")
     p.add_argument("--data", default=None, help="dataset spec of the rankings (default: the one "
                    "recorded in the ranking folder)")
@@ -114,7 +103,7 @@ def run_train_predictor(a: argparse.Namespace) -> dict:
     from .. import store
     from ..data.datasets import open_dataset
     from ..errors import PatchRankError
-    from ..predictor import train_predictor
+    from ..predictor_training import train_predictor
     meta, ranks = store.load_rankings(a.rankings)
     data = a.data or meta.get("data")
     if not data:
@@ -125,6 +114,9 @@ def run_train_predictor(a: argparse.Namespace) -> dict:
                           epochs=a.epochs, batch=a.batch, lr=a.lr, wd=a.wd,
                           val_fraction=a.val_fraction, patience=a.patience or None, seed=a.seed,
                           progress=not a.no_progress)
+    from ..distributed import rank_world
+    if rank_world()[0] != 0:              # data-parallel: every rank holds the same predictor
+        return None
     path = res.predictor.save(a.out)
     return {"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
             **res.summary(), "cost": res.predictor.cost(m, a.ratios)}
@@ -205,11 +197,13 @@ def resolve_ranker(spec: str, m) -> tuple[object, str | None]:
 COMMANDS = (
     Command("golden", "golden rankings of a dataset into a folder: one-shot leave-one-out by "
             "default, the paper's greedy search with --mode greedy (resumable; torchrun "
-            "--nproc_per_node=N -m patchrank golden ... shards it)", add_golden, run_golden),
+            "--nproc_per_node=N -m patchrank golden ... shards it)", add_golden, run_golden,
+            distributed=True),
     Command("train-clip", "train the bundled CLIP on generated scenes (resumable)",
             add_train_clip, run_train_clip, dict(model_options=False, compute=False)),
-    Command("train-predictor", "train a patch-ranking predictor on golden rankings",
-            add_train_predictor, run_train_predictor, dict(prune_layer=False)),
+    Command("train-predictor", "train a patch-ranking predictor on golden rankings (data-parallel "
+            "under torchrun --nproc_per_node=N -m patchrank train-predictor ...)",
+            add_train_predictor, run_train_predictor, dict(prune_layer=False), distributed=True),
     Command("tune-tokens", "train learnable visual tokens / text context with pruning active "
             "(backbone and ranker frozen)", add_tune_tokens, run_tune_tokens),
 )

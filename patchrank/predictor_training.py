@@ -1,0 +1,327 @@
+"""Training the predictor (paper phase II, docs/paper.md) on golden rankings, in one process or
+data-parallel under ``torchrun``.
+
+The backbone is frozen, so the tokens entering block k are computed once per image
+(``extract_features``: the only costly step, one prefix per image) and every epoch trains the
+46 K-parameter predictor on that cache. Data-parallel (``torch.distributed`` group up): the seeded
+train/validation split is the same on every rank; each rank extracts and keeps the features of
+its share only (memory scales with the number of processes); each global batch of ``batch``
+images is drawn in the same order on every rank, each rank computes the loss on its members and
+the gradients are summed across ranks, weighted by share, so a step is the single-process step on
+the whole batch; validation scores are gathered, so early stopping decides the same everywhere.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Iterable
+
+import torch
+
+from . import distributed
+from . import metrics as M
+from . import rankers
+from .errors import ModelMismatch, PatchRankError
+from .predictor import DEFAULT_LOSS, LOSSES, Predictor
+
+
+@dataclass
+class TrainResult:
+    """What ``train_predictor`` returns: the best predictor (by validation loss), per-epoch
+    history, and the agreement with golden on the validation images at the best epoch."""
+    predictor: Predictor
+    history: list = field(default_factory=list)
+    val_metrics: dict = field(default_factory=dict)
+    best_epoch: int = 0
+    num_train: int = 0
+    num_val: int = 0
+    seconds: float = 0.0
+
+    def summary(self) -> dict:
+        return {"best_epoch": self.best_epoch, "epochs_run": len(self.history),
+                "num_train": self.num_train, "num_val": self.num_val, "val_metrics": self.val_metrics,
+                "seconds": round(self.seconds, 2), "params": self.predictor.num_params(),
+                "settings": self.predictor.meta.get("settings")}
+
+
+def _reporter(progress):
+    """progress: False/None (silent), True (tqdm bars on stderr) or a callable(stage, done, total, info)."""
+    if callable(progress):
+        return progress
+    if not progress:
+        return lambda *a, **k: None
+    from tqdm import tqdm
+    bars: dict = {}
+
+    def report(stage, done, total, info=None):
+        bar = bars.get(stage)
+        if bar is None:
+            bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True)
+        bar.n = done
+        if info:
+            bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()},
+                            refresh=False)
+        bar.refresh()
+        if done >= total:
+            bar.close()
+    return report
+
+
+def extract_features(m, images: Iterable, batch: int = 32, progress=None, total: int | None = None,
+                     dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Tokens entering block ``m.prune_layer`` for each image, [N,1+P,D], computed once under
+    ``inference_mode`` (the backbone is frozen, so caching them makes every epoch cheap).
+    ``images``: PIL images (preprocessed with ``m.preprocess``) or tensors [3,H,W] already
+    preprocessed."""
+    report = _reporter(progress)
+    out, buf, done = [], [], 0
+
+    def flush():
+        nonlocal done
+        x = torch.stack([im if isinstance(im, torch.Tensor) else m.preprocess(im) for im in buf])
+        with torch.inference_mode():
+            out.append(m.prefix(x).to(device="cpu", dtype=dtype))
+        done += len(buf)
+        buf.clear()
+        report("features", done, total or done)
+
+    for im in images:
+        buf.append(im)
+        if len(buf) == batch:
+            flush()
+    if buf:
+        flush()
+    if not out:
+        raise PatchRankError("no images to extract features from")
+    return torch.cat(out)
+
+
+def _check_orders(orders: torch.Tensor, p: int) -> torch.Tensor:
+    if orders.dim() != 2 or orders.shape[1] != p:
+        raise PatchRankError(f"rankings must be orders of the model's {p} patches, got shape "
+                             f"{tuple(orders.shape)}")
+    srt = orders.sort(dim=1).values
+    if not torch.equal(srt, torch.arange(p).expand_as(srt)):
+        raise PatchRankError("every ranking must be a full order (a permutation of all patch ids)")
+    return orders.long()
+
+
+def split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, validation) positions of ``n`` images: a seeded draw, the same on every rank."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    n_val = 0 if val_fraction <= 0 or n < 2 else min(n - 1, max(1, round(val_fraction * n)))
+    return perm[n_val:].sort().values, perm[:n_val].sort().values
+
+
+def owned_positions(n: int, val_fraction: float, seed: int) -> torch.Tensor:
+    """The image positions whose features this rank extracts and keeps: every ``world``-th of
+    the train and of the validation positions (all of them in one process)."""
+    rank, world = distributed.rank_world()
+    tr, va = split(n, val_fraction, seed)
+    return torch.cat([tr[rank::world], va[rank::world]]).sort().values
+
+
+def train_on_features(predictor: Predictor, feats: torch.Tensor, orders: torch.Tensor, *,
+                      loss: str = DEFAULT_LOSS, keep_ratio: float = 0.6, epochs: int = 50, batch: int = 64,
+                      lr: float = 1e-3, wd: float = 1e-4, cosine: bool = True,
+                      val_fraction: float = 0.1, patience: int | None = 10, seed: int = 0,
+                      progress=None, loss_kwargs: dict | None = None,
+                      threads: int | None = None, owned: torch.Tensor | None = None) -> TrainResult:
+    """Train ``predictor`` on cached tokens ``feats`` against golden ``orders`` [N,P].
+
+    Adam (lr 1e-3, weight decay 1e-4) with a cosine schedule to lr/10 over the planned steps
+    (docs/paper.md: CosineAnnealingLR to 1e-4), no augmentation (rankings are tied to the exact crop).
+    A seeded ``val_fraction`` of the images is held out; after each epoch the validation loss
+    decides early stopping (``patience`` epochs without improvement) and the best epoch's weights
+    are kept. Deterministic for a given seed. ``owned``: the positions (into ``orders``) whose
+    rows ``feats`` holds, data-parallel (default: all, ``feats`` [N,1+P,D]). ``threads``: torch
+    CPU threads while training (the network is tiny; 1 thread avoids OpenMP spin-waits on a busy
+    machine), restored afterwards."""
+    if loss not in LOSSES:
+        raise PatchRankError(f"unknown loss {loss!r}; choose one of {', '.join(LOSSES)}")
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr, wd, cosine,
+                      val_fraction, patience, seed, progress, loss_kwargs)
+    finally:
+        torch.set_num_threads(before)
+
+
+class _Shard:
+    """This rank's rows of the feature cache, looked up by global image position."""
+
+    def __init__(self, feats: torch.Tensor, owned: torch.Tensor | None, n: int):
+        self.feats = feats
+        self.row = torch.arange(n) if owned is None else torch.full((n,), -1, dtype=torch.long)
+        if owned is not None:
+            self.row[owned] = torch.arange(len(owned))
+        if len(feats) != int((self.row >= 0).sum()):
+            raise PatchRankError(f"{len(feats)} feature rows for {int((self.row >= 0).sum())} images")
+
+    def mine(self, idx: torch.Tensor) -> torch.Tensor:
+        return idx[self.row[idx] >= 0]
+
+    def features(self, idx: torch.Tensor) -> torch.Tensor:
+        return self.feats[self.row[idx]].float()
+
+
+def _step(predictor, opt, sched, fn, shard: _Shard, orders, idx, gen, kw) -> float:
+    """One optimiser step on the global batch ``idx``; returns its mean loss (all ranks)."""
+    dist = distributed.group()
+    mine = shard.mine(idx) if dist else idx
+    opt.zero_grad(set_to_none=False)
+    if len(mine):
+        lval = fn(predictor(shard.features(mine)), orders[mine], generator=gen, **kw)
+        (lval * (len(mine) / len(idx))).backward()
+        part = lval.item() * len(mine)
+    else:
+        part = 0.0
+    if dist:
+        for p in predictor.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            dist.all_reduce(p.grad)
+        t = torch.tensor([part])
+        dist.all_reduce(t)
+        part = float(t)
+    opt.step()
+    if sched is not None:
+        sched.step()
+    return part / len(idx)
+
+
+def _scores(predictor, shard: _Shard, idx: torch.Tensor) -> torch.Tensor:
+    """Scores of the images ``idx`` in that order, gathered from the ranks that hold them."""
+    mine = shard.mine(idx) if distributed.group() else idx
+    with torch.no_grad():
+        s = [predictor(shard.features(mine[i:i + 256])) for i in range(0, len(mine), 256)]
+    s = torch.cat(s) if s else torch.zeros(0, predictor.num_patches)
+    if distributed.group() is None:
+        return s
+    parts = distributed.gather((mine, s))
+    pos = torch.cat([p for p, _ in parts])
+    return torch.cat([v for _, v in parts])[torch.argsort(pos)]
+
+
+def _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr, wd, cosine,
+           val_fraction, patience, seed, progress, loss_kwargs) -> TrainResult:
+    t0 = time.perf_counter()
+    orders = _check_orders(torch.as_tensor(orders), predictor.num_patches)
+    n = len(orders)
+    shard = _Shard(feats, owned, n)
+    train_idx, val_idx = split(n, val_fraction, seed)
+    gen = torch.Generator().manual_seed(seed)
+    # data-parallel: the shuffle must match across ranks, the pair sampling of a loss need not
+    loss_gen = gen if distributed.group() is None else torch.Generator().manual_seed(
+        seed + 1 + distributed.rank_world()[0])
+    fn, kw = LOSSES[loss], dict(loss_kwargs or {})
+    if loss == "kl":
+        kw.setdefault("keep_ratio", keep_ratio)
+    total_steps = max(1, epochs * math.ceil(len(train_idx) / batch))
+    opt = torch.optim.Adam(predictor.parameters(), lr=lr, weight_decay=wd)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=lr / 10)
+             if cosine else None)
+    report = _reporter(progress if distributed.rank_world()[0] == 0 else None)
+
+    def evaluate(ratios: tuple) -> dict:
+        predictor.eval()
+        s = _scores(predictor, shard, val_idx)
+        val_loss = float(fn(s, orders[val_idx], generator=torch.Generator().manual_seed(seed), **kw))
+        return {"val_loss": val_loss, **M.agreement(rankers.order_from_scores(s), orders[val_idx],
+                                                    keep_ratios=ratios)}
+
+    history, best, best_state, best_epoch, stale = [], math.inf, None, 0, 0
+    for epoch in range(epochs):
+        predictor.train()
+        total = 0.0
+        batches = train_idx[torch.randperm(len(train_idx), generator=gen)].split(batch)
+        for idx in batches:
+            total += _step(predictor, opt, sched, fn, shard, orders, idx, loss_gen, kw) * len(idx)
+        entry = {"epoch": epoch + 1, "train_loss": total / max(len(train_idx), 1),
+                 "lr": opt.param_groups[0]["lr"]}
+        if len(val_idx):
+            entry.update(evaluate((keep_ratio,)))
+        history.append(entry)
+        report("train", epoch + 1, epochs,
+               {k: v for k, v in entry.items() if k in ("train_loss", "val_loss", "kendall_tau")})
+        crit = entry.get("val_loss", entry["train_loss"])
+        if crit < best - 1e-7:
+            best, best_epoch, stale = crit, epoch + 1, 0
+            best_state = copy.deepcopy(predictor.state_dict())
+        else:
+            stale += 1
+            if patience is not None and len(val_idx) and stale >= patience:
+                report("train", epochs, epochs, {"stopped_early_at": epoch + 1})
+                break
+    if best_state is not None:
+        predictor.load_state_dict(best_state)
+    predictor.eval()
+    val_metrics = {}
+    if len(val_idx):
+        ev = evaluate(tuple(sorted({keep_ratio, 0.6, 0.4}, reverse=True)))
+        val_metrics = {"loss": ev.pop("val_loss"), **ev}
+    predictor.meta.update({
+        "loss": loss, "keep_ratio": keep_ratio, "val_metrics": val_metrics, "best_epoch": best_epoch,
+        "settings": {"loss": loss, "keep_ratio": keep_ratio, "epochs": epochs, "batch": batch, "lr": lr,
+                     "weight_decay": wd, "cosine": cosine, "val_fraction": val_fraction,
+                     "patience": patience, "seed": seed, "loss_kwargs": loss_kwargs or {}},
+        "num_train": len(train_idx), "num_val": len(val_idx)})
+    return TrainResult(predictor, history, val_metrics, best_epoch, len(train_idx), len(val_idx),
+                       time.perf_counter() - t0)
+
+
+def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_ratio: float = 0.6,
+                    epochs: int = 50, batch: int = 64, lr: float = 1e-3, wd: float = 1e-4,
+                    cosine: bool = True, val_fraction: float = 0.1, patience: int | None = 10,
+                    seed: int = 0, progress=None, predictor: Predictor | None = None,
+                    feature_batch: int = 32, cache_dtype: torch.dtype = torch.float32,
+                    loss_kwargs: dict | None = None, threads: int | None = None) -> TrainResult:
+    """Train a predictor for model ``m`` on the images of ``dataset`` that have a golden ranking.
+
+    ``dataset``: ``.ids`` (image ids) and ``.image(i)`` (the i-th image: PIL, or a preprocessed
+    tensor), e.g. ``patchrank.data.datasets.open_dataset(spec)``. ``rankings``: {image_id: order
+    LongTensor[P]} or ``(meta, {...})`` as ``patchrank.store.load_rankings`` returns; a meta
+    ``model_id`` other than ``m.model_id`` is refused. Tokens at block k are computed once per
+    image (frozen backbone) and cached in memory as ``cache_dtype``. See ``train_on_features``;
+    data-parallel under torchrun (module docstring), every rank returns the same predictor."""
+    meta = {}
+    if isinstance(rankings, tuple):
+        meta, rankings = rankings
+        meta = meta or {}
+        mid = meta.get("model_id")
+        if mid is not None and mid != m.model_id:
+            raise ModelMismatch(f"these rankings were made for model {mid!r}, not {m.model_id!r}")
+        layer = (meta.get("settings") or {}).get("prune_layer")
+        if layer is not None and layer != m.prune_layer:
+            raise PatchRankError(f"these rankings were made at prune layer {layer} but the model "
+                                 f"prunes at {m.prune_layer}; set m.prune_layer = {layer}")
+    ids = list(dataset.ids)
+    use = [i for i, key in enumerate(ids) if key in rankings]
+    if not use:
+        raise PatchRankError("no image of the dataset has a ranking (are the ids from the same "
+                             "dataset spec as the golden job's?)")
+    orders = torch.stack([torch.as_tensor(rankings[ids[i]]).long() for i in use])
+    orders = _check_orders(orders, m.num_patches)
+    report = _reporter(progress if distributed.rank_world()[0] == 0 else None)
+    owned = owned_positions(len(use), val_fraction, seed)
+    feats = extract_features(m, (dataset.image(use[j]) for j in owned.tolist()), batch=feature_batch,
+                             progress=report, total=len(owned), dtype=cache_dtype)
+    if predictor is None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            predictor = Predictor.for_model(m)
+    else:
+        predictor.check_model(m)
+    res = train_on_features(predictor, feats, orders, loss=loss, keep_ratio=keep_ratio, epochs=epochs,
+                            batch=batch, lr=lr, wd=wd, cosine=cosine, val_fraction=val_fraction,
+                            patience=patience, seed=seed, progress=report, loss_kwargs=loss_kwargs,
+                            threads=threads, owned=owned if distributed.group() else None)
+    res.predictor.meta["model"] = {"name": m.name, "pretrained": m.pretrained}
+    if meta:
+        res.predictor.meta["rankings"] = {k: meta.get(k) for k in ("settings", "settings_hash", "data")}
+    return res
