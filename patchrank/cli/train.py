@@ -125,6 +125,7 @@ def run_train_predictor(a: argparse.Namespace) -> dict:
                           epochs=a.epochs, batch=a.batch, lr=a.lr, wd=a.wd,
                           val_fraction=a.val_fraction, patience=a.patience or None, seed=a.seed,
                           progress=not a.no_progress)
+    res.predictor.meta["command"] = getattr(a, "command_line", None)   # for its model card
     path = res.predictor.save(a.out)
     return {"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
             **res.summary(), "cost": res.predictor.cost(m, a.ratios)}
