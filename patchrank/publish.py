@@ -3,9 +3,12 @@
 A predictor file already carries everything a reader of its Hub page needs (the model id and
 prune layer it was made for, the training settings, the command that trained it, its agreement
 with golden rankings on held-out images), so the card is generated, never written by hand, and
-cannot disagree with the file. Publish both with huggingface_hub's CLI::
+cannot disagree with the file. Publish both with huggingface_hub's CLI (``hf upload REPO
+LOCAL_PATH PATH_IN_REPO``: one file per call, or a folder holding just the two)::
 
-    hf upload ORG/REPO predictor.safetensors README.md
+    python -m patchrank.publish runs/predictor.safetensors ORG/REPO     # writes runs/README.md
+    hf upload ORG/REPO runs/predictor.safetensors predictor.safetensors
+    hf upload ORG/REPO runs/README.md README.md
 
 and anyone loads it with ``pr.load_predictor("hf-hub:ORG/REPO", model=m)``; a model other than
 the one in the card is refused (``ModelMismatch``).
@@ -14,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from pathlib import Path
 
 from .predictor import HUB_FILE, load_predictor
@@ -28,6 +32,19 @@ def _load_call(name: str | None, pretrained: str | None) -> str:
     if pretrained and (os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))):
         return f"pr.load_model({name!r}, pretrained='/path/to/{Path(pretrained).name}')"
     return f"pr.load_model({name!r}" + (f", pretrained={pretrained!r})" if pretrained else ")")
+
+
+def _model_of(p) -> tuple[str | None, str | None]:
+    """(name, pretrained) of the predictor's model: as training recorded them, else read back
+    from the model id (``NAME/TAG/fingerprint``, ``hf-hub:org/repo/fingerprint``, ``bundled/...``)."""
+    model = p.meta.get("model") or {}
+    if model.get("name"):
+        return model["name"], model.get("pretrained")
+    head = (p.model_id or "").rsplit("/", 1)[0]
+    if not head or head.startswith(("hf-hub:", "local-dir:")) or "/" not in head:
+        return head or None, None
+    name, tag = head.split("/", 1)
+    return name, None if tag == "random" else tag
 
 
 def _hub_base(name: str | None, pretrained: str | None) -> str | None:
@@ -67,8 +84,7 @@ def model_card(path: str | os.PathLike, repo_id: str | None = None) -> str:
     repository it will be uploaded to (shown in the usage lines; ``ORG/REPO`` otherwise)."""
     p = load_predictor(path)
     meta = p.meta
-    model = meta.get("model") or {}
-    name, pretrained = model.get("name"), model.get("pretrained")
+    name, pretrained = _model_of(p)
     repo = repo_id or PLACEHOLDER
     file = Path(path).name
     hub_name = f"hf-hub:{repo}" + ("" if file == HUB_FILE else f"/{file}")
@@ -110,7 +126,31 @@ def model_card(path: str | os.PathLike, repo_id: str | None = None) -> str:
 def write_model_card(path: str | os.PathLike, out: str | os.PathLike | None = None,
                      repo_id: str | None = None) -> Path:
     """Write ``model_card(path)`` to ``out`` (default: ``README.md`` beside the predictor file,
-    ready for ``hf upload ORG/REPO predictor.safetensors README.md`` from that folder)."""
+    ready for ``hf upload ORG/REPO README.md README.md`` from that folder)."""
     out = Path(out) if out is not None else Path(path).with_name("README.md")
     out.write_text(model_card(path, repo_id))
     return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m patchrank.publish PREDICTOR [ORG/REPO]``: write the card beside the file and
+    print the two ``hf upload`` commands that publish both."""
+    import argparse
+    ap = argparse.ArgumentParser(prog="python -m patchrank.publish", description=main.__doc__)
+    ap.add_argument("predictor", help="predictor file (.safetensors)")
+    ap.add_argument("repo_id", nargs="?", default=None, help="Hub repository it goes to (ORG/REPO)")
+    ap.add_argument("--out", default=None, help="card path (default: README.md beside the file)")
+    a = ap.parse_args(argv)
+    from .errors import PatchRankError
+    try:
+        out = write_model_card(a.predictor, a.out, a.repo_id)
+    except PatchRankError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    repo = a.repo_id or PLACEHOLDER
+    print(f"wrote {out}\nhf upload {repo} {a.predictor} {HUB_FILE}\nhf upload {repo} {out} README.md")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

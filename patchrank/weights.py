@@ -138,6 +138,12 @@ def _from_tag(name: str, pretrained: str, force_quick_gelu: bool | None):
     check_vit_cfg(open_clip.get_model_config(name), name)
     cfg = open_clip.get_pretrained_cfg(name, tag)
     quick_gelu = bool(cfg.get("quick_gelu")) if force_quick_gelu is None else force_quick_gelu
+    if not cfg.get("hf_hub"):       # a URL-only tag (none in open_clip 3.3): open_clip's own download
+        try:
+            model, _, preprocess = _quiet_create(name, pretrained=tag, force_quick_gelu=quick_gelu)
+        except RuntimeError as e:
+            raise WeightsUnavailable(f"could not download {name}/{tag} from {cfg.get('url')}: {e}") from e
+        return model, preprocess
     repo, filename = cfg["hf_hub"].rsplit("/", 1)    # open_clip's split: "org/repo/" or "org/repo/file"
     files = _weight_candidates(filename)
     hints = supply_hints(name, tag, repo, files[:1], quick_gelu)
