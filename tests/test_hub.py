@@ -279,6 +279,12 @@ def test_app_switches_to_real_clip_and_keeps_it_on_failure(b32, hub, monkeypatch
     assert "Could not load" in msg and "make the Hugging Face Hub reachable" in msg and "kept" in msg
     assert "pr.load_model" not in msg and labels is None and value == "ViT-B-32/openai"
     assert store.session(sid).model_key == "ViT-B-32/openai"
+    cut = tmp_path / "cut.safetensors"                               # a corrupt upload: refused plainly
+    cut.write_bytes(pr.predictor.default_path().read_bytes()[:500])
+    import gradio as gr
+    with pytest.raises(gr.Error, match="not a usable PatchRank predictor.*not a readable"):
+        H.upload_predictor(str(cut), session=sid)
+    assert store.session(sid).model_key == "ViT-B-32/openai"
 
 
 # -- predictors that travel -------------------------------------------------------------------------
