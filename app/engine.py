@@ -87,7 +87,8 @@ class ModelRegistry:
         return m
 
     def load(self, key: str, arch: str = "", path: str = "") -> tuple[str, pr.PatchModel]:
-        """Load (or reuse) a model; returns (registry key, model). Raises PatchRankError."""
+        """Load (or reuse) a model; returns (registry key, model). Raises PatchRankError; missing
+        weights say how to supply them in the app's words, not Python's."""
         if key == "bundled":
             return key, self.bundled()
         if key == "local":
@@ -101,7 +102,10 @@ class ModelRegistry:
             if m is None:
                 kwargs = dict(kwargs)
                 name = kwargs.pop("name")
-                m = pr.load_model(name, **kwargs)
+                try:
+                    m = pr.load_model(name, **kwargs)
+                except WeightsUnavailable as e:   # how to supply them, said for the app's user
+                    raise WeightsUnavailable(e.message("app")) from e
                 self._others.put(key, m)
         return key, m
 

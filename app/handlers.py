@@ -25,7 +25,7 @@ import torch
 
 import patchrank as pr
 from patchrank.bundled import BUNDLED_DIR
-from patchrank.errors import PatchRankError
+from patchrank.errors import ModelMismatch, PatchRankError
 
 from . import engine, plots, render
 from .inputs import InputError, check_choice, check_ratio, file_path, load_image, parse_labels
@@ -674,8 +674,10 @@ def upload_predictor(file: Any, *, session: str | None = None) -> str:
         info = engine.load_uploaded_predictor(m, str(path), name)
     except engine.EngineMissing as e:
         raise _fail(e) from None
-    except PatchRankError as e:
+    except ModelMismatch as e:
         raise gr.Error(f"This predictor file can't be used with {m.name}: {e}", print_exception=False) from None
+    except PatchRankError as e:   # not a predictor, or a corrupt / truncated one
+        raise gr.Error(f"This file is not a usable PatchRank predictor: {e}", print_exception=False) from None
     except Exception as e:  # safetensors/JSON errors for files that are not predictors at all
         raise gr.Error(f"This file is not a PatchRank predictor ({type(e).__name__}: {e}).",
                        print_exception=False) from None

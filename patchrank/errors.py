@@ -7,7 +7,25 @@ class PatchRankError(ValueError):
 
 
 class WeightsUnavailable(PatchRankError):
-    """Model weights could not be had (offline, unknown tag, missing file)."""
+    """Model weights could not be had (offline, unreachable Hub, unknown tag, missing file).
+
+    ``problem`` says what is missing and why; ``hints`` maps where the user is ("python", "cli",
+    "app") to how to supply the weights *there*, so the library shows Python, the command line
+    shows flags and the app a plain sentence, from one exception. ``str(e)`` is the Python one;
+    ``e.message("cli")`` another's."""
+
+    def __init__(self, problem: str, hints: dict[str, str] | None = None):
+        self.problem = problem.rstrip()
+        self.hints = dict(hints or {})
+        super().__init__(self.message("python"))
+
+    def message(self, where: str = "python") -> str:
+        """The one message for ``where`` ("python", "cli" or "app"): the problem, then the ways
+        to supply the weights in that place's own syntax (Python's when it has none)."""
+        hint = self.hints.get(where) or self.hints.get("python")
+        if not hint:
+            return self.problem
+        return f"{self.problem.rstrip('.')}. {hint}"
 
 
 class ModelMismatch(PatchRankError):

@@ -1,28 +1,26 @@
 """``load_model``: an open_clip CLIP with a ViT image tower, wrapped as a ``PatchModel``.
 
-Sources of weights: ``"bundled"`` (this project's small CLIP in ``patchrank/assets/bundled``, offline),
-an open_clip model name with a pretrained *tag* (downloaded through the Hugging Face cache, e.g. on
-Spaces), a name with a local checkpoint file (``.pt``/``.bin`` read with ``weights_only=True``, or
-``.safetensors``), ``"local-dir:/path"`` (open_clip's folder layout), or a name with
-``pretrained=None`` (random init, for tests and benchmarks). Weights that cannot be had fail
-within seconds with a message that says how to supply them, never after minutes of retries.
+Sources of weights: ``"bundled"`` (this project's small CLIP in ``patchrank/assets/bundled``,
+offline, the default: no network ever), and every name open_clip accepts (``patchrank.weights``):
+a model name with a pretrained *tag* (``OpenAI`` or ``openai``; downloaded by huggingface_hub
+with the user's own Hub settings, into its cache), ``"hf-hub:org/repo"``, a name with a local
+checkpoint file (``.pt``/``.bin`` read with ``weights_only=True``, or ``.safetensors``),
+``"local-dir:/path"`` (open_clip's folder layout), or a name with ``pretrained=None`` (random
+init, for tests and benchmarks). Weights that cannot be had fail within seconds with one
+message naming the repository and file and how to supply them (``patchrank.hub``), never after
+minutes of retries.
 """
 from __future__ import annotations
 
-import difflib
 import functools
 import hashlib
-import logging
-import os
-import socket
-from pathlib import Path
 from typing import Sequence
 
 import torch
 
 from . import flops as _flops
 from . import forward, rankers
-from .errors import PatchRankError, WeightsUnavailable
+from .errors import PatchRankError
 from .zeroshot import Template, ZeroShotClassifier, check_templates, clean_classnames, text_embeddings
 
 DEFAULT_TEMPLATES = ("a photo of a {}.",)
@@ -254,92 +252,13 @@ def check_vit(clip, name: str) -> None:
         raise PatchRankError(f"{name}: sequence-first transformers are not supported")
 
 
-def _how_to_supply(name: str, tag: str) -> str:
-    return (f"Supply the weights one of these ways: run where the Hugging Face Hub is reachable "
-            f"(e.g. on Spaces; add the repo to preload_from_hub), pass a local checkpoint file "
-            f"(load_model({name!r}, pretrained='/path/to/{name}-{tag}.safetensors'); add "
-            f"force_quick_gelu=True for OpenAI weights), or an open_clip folder "
-            f"(load_model('local-dir:/path/to/folder')). The default load_model() needs no download.")
-
-
-@functools.lru_cache(maxsize=1)
-def _hub_reachable(timeout: float = 2.0) -> bool:
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-def _cached_hub_file(cfg: dict) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-    repo = (cfg.get("hf_hub") or "").rstrip("/")
-    if not repo:
-        return None
-    for fname in ("open_clip_model.safetensors", "open_clip_pytorch_model.bin"):
-        path = try_to_load_from_cache(repo, fname)
-        if isinstance(path, str) and os.path.isfile(path):
-            return path
-    return None
-
-
-def _load_open_clip(name: str, pretrained: str | None, force_quick_gelu: bool | None):
-    import open_clip
-    kwargs = {}
-    if force_quick_gelu is not None:
-        kwargs["force_quick_gelu"] = force_quick_gelu
-    if name.startswith("local-dir:"):
-        folder = Path(name[len("local-dir:"):])
-        if not (folder / "open_clip_config.json").is_file():
-            raise WeightsUnavailable(f"{folder} is not an open_clip model folder (it needs "
-                                     "open_clip_config.json beside the weights)")
-        model, _, preprocess = open_clip.create_model_and_transforms(name, **kwargs)
-        return model, preprocess, open_clip.get_tokenizer(name)
-    known = open_clip.list_models()
-    if name not in known:
-        close = difflib.get_close_matches(name, known, n=4)
-        raise PatchRankError(f"unknown open_clip model {name!r}" +
-                             (f"; did you mean {', '.join(close)}?" if close else ""))
-    tokenizer = open_clip.get_tokenizer(name)
-    if pretrained is None:
-        logging.getLogger().disabled, was = True, logging.getLogger().disabled
-        try:
-            model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=None, **kwargs)
-        finally:
-            logging.getLogger().disabled = was
-        return model, preprocess, tokenizer
-    looks_like_path = os.sep in pretrained or pretrained.endswith((".pt", ".pth", ".bin", ".safetensors"))
-    if looks_like_path or os.path.exists(pretrained):
-        if not os.path.isfile(pretrained):
-            raise WeightsUnavailable(f"checkpoint file not found: {pretrained}")
-        model, _, preprocess = open_clip.create_model_and_transforms(
-            name, pretrained=pretrained, weights_only=True, **kwargs)
-        return model, preprocess, tokenizer
-    tags = open_clip.list_pretrained_tags_by_model(name)
-    if pretrained not in tags:
-        raise WeightsUnavailable(f"{name} has no pretrained tag {pretrained!r}; known tags: "
-                                 f"{', '.join(tags) or 'none (random init only)'}")
-    cfg = open_clip.get_pretrained_cfg(name, pretrained)
-    cached = _cached_hub_file(cfg)
-    if cached is None:
-        from huggingface_hub import constants
-        if constants.HF_HUB_OFFLINE or not _hub_reachable():
-            why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else "the Hugging Face Hub is unreachable"
-            raise WeightsUnavailable(f"weights for {name}/{pretrained} are not in the local Hugging "
-                                     f"Face cache and {why}. " + _how_to_supply(name, pretrained))
-    try:
-        model, _, preprocess = open_clip.create_model_and_transforms(name, pretrained=pretrained, **kwargs)
-    except RuntimeError as e:
-        raise WeightsUnavailable(f"could not load {name}/{pretrained}: {e}. "
-                                 + _how_to_supply(name, pretrained)) from None
-    return model, preprocess, tokenizer
-
-
 def load_model(name: str = "bundled", pretrained: str | None = None, *, prune_layer: int | None = None,
                dtype: torch.dtype = torch.float32, device: str | torch.device = "cpu",
                force_quick_gelu: bool | None = None) -> PatchModel:
     """Load a CLIP with a ViT image tower as a PatchModel (see the module docstring).
 
+    ``force_quick_gelu``: None (default) follows the weights: QuickGELU for tags trained with it
+    (OpenAI's), the config's own choice otherwise; pass True for an OpenAI checkpoint *file*.
     ``dtype``: float32 (default) or bfloat16/float16 weights (bf16 is fast only on CPUs with
     AMX or avx512_bf16; measure with ``benchmarks/pruned_speed.py``)."""
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
@@ -348,10 +267,13 @@ def load_model(name: str = "bundled", pretrained: str | None = None, *, prune_la
         from .bundled import load_bundled
         m = load_bundled(prune_layer=prune_layer)
     else:
-        clip, preprocess, tokenizer = _load_open_clip(name, pretrained, force_quick_gelu)
+        from .weights import load_open_clip
+        clip, preprocess, tokenizer, name, pretrained = load_open_clip(name, pretrained, force_quick_gelu)
         check_vit(clip, name)
+        carries_weights = name.startswith(("hf-hub:", "local-dir:"))   # no tag: the name says it
         m = PatchModel(clip, preprocess, tokenizer, name=name, pretrained=pretrained,
-                       prune_layer=prune_layer)
+                       prune_layer=prune_layer,
+                       model_id=f"{name}/{weights_fingerprint(clip)}" if carries_weights else None)
     if dtype != torch.float32 or str(device) != "cpu":
         m.clip.to(device=device, dtype=dtype)
     return m

@@ -34,6 +34,8 @@ from .errors import ModelMismatch, PatchRankError, WeightsUnavailable, check_mad
 
 FORMAT = "patchrank-predictor"
 FORMAT_VERSION = 1
+#: The file ``load_predictor("hf-hub:org/repo")`` reads from a Hub repository.
+HUB_FILE = "predictor.safetensors"
 
 
 def default_path() -> Path:
@@ -147,25 +149,30 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def load_predictor(path: str | os.PathLike | None = None, model=None) -> Predictor:
-    """Load a predictor file (default: the bundled one, ``patchrank/assets/bundled/predictor.safetensors``).
+    """Load a predictor file (default: the bundled one, ``patchrank/assets/bundled/predictor.safetensors``):
+    a local path, or ``hf-hub:org/repo`` (its ``predictor.safetensors``) / ``hf-hub:org/repo/FILE``
+    from the Hugging Face Hub, through huggingface_hub's cache and settings.
 
     With ``model``, a file made for another model (other id, shape or prune layer) is refused
     with ``ModelMismatch`` naming both ids; without it the check happens at first use."""
-    from safetensors.torch import load_file
+    from .checkpoints import load_tensors, locate
     if path is None:
         path = default_path()
         if not path.is_file():
             raise WeightsUnavailable(f"the bundled predictor is missing ({path}); train one with "
                                      "`python -m patchrank train-predictor --model bundled ...`")
-    elif not Path(path).is_file():
-        raise WeightsUnavailable(f"predictor file not found: {path}")
+    else:
+        path = locate(path, "predictor", HUB_FILE, "--predictor")
     head = read_header(path)
     arch = head.get("arch", {})
     meta = {k: v for k, v in head.items()
             if k not in ("format", "version", "model_id", "prune_layer", "width", "num_patches", "arch")}
     p = Predictor(head["width"], head["num_patches"], model_id=head.get("model_id"),
                   prune_layer=head.get("prune_layer"), meta=meta, **arch)
-    p.load_state_dict(load_file(str(path)), strict=True)
+    try:
+        p.load_state_dict(load_tensors(path, "predictor"), strict=True)
+    except RuntimeError as e:        # tensors that do not fit the header's shapes
+        raise PatchRankError(f"{path}: its tensors do not match its header ({str(e).splitlines()[0]})") from e
     p.eval()
     if model is not None:
         p.check_model(model)

@@ -308,19 +308,20 @@ def read_header(path: str | os.PathLike) -> dict:
 
 
 def load_tokens(path: str | os.PathLike | None = None, model=None) -> LearnableTokens:
-    """Load learnable tokens (default: the bundled ones, ``patchrank/assets/bundled/tokens.safetensors``).
+    """Load learnable tokens (default: the bundled ones, ``patchrank/assets/bundled/tokens.safetensors``;
+    a local path, or ``hf-hub:org/repo[/FILE]`` as for ``load_predictor``).
     With ``model``, tokens made for another model are refused with ``ModelMismatch``."""
-    from safetensors.torch import load_file
+    from .checkpoints import load_tensors, locate
     if path is None:
         path = default_path()
         if not path.is_file():
             raise WeightsUnavailable(f"the bundled learnable tokens are missing ({path}); train "
                                      "them with `python -m patchrank tune-tokens --model bundled "
                                      "--ranker predictor --out patchrank/assets/bundled/tokens.safetensors`")
-    elif not Path(path).is_file():
-        raise WeightsUnavailable(f"tokens file not found: {path}")
+    else:
+        path = locate(path, "tokens", "tokens.safetensors", "--tokens")
     head = read_header(path)
-    sd = load_file(str(path))
+    sd = load_tensors(path, "tokens")
     vis, ctx = sd.get("visual"), sd.get("text_ctx")
     t = LearnableTokens(head["width"], num_visual=head["num_visual"], depth=head["depth"],
                         text_width=head["text_width"], n_ctx=head["n_ctx"], template=head["template"],

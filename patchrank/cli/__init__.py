@@ -15,6 +15,7 @@ import sys
 from typing import Iterator, Sequence
 
 from .. import __version__
+from ..errors import WeightsUnavailable
 from ..jsonl import finite
 from . import deploy, measure, train
 from .options import Formatter, shared_options
@@ -103,10 +104,13 @@ def threads(n: int | None) -> Iterator[None]:
 
 def one_line(e: BaseException) -> str:
     """An exception as one line that names what failed: an OSError's file and reason, our own
-    errors' message (they name their file), anything else prefixed with its type."""
+    errors' message (they name their file; missing weights say how to supply them as CLI
+    flags), anything else prefixed with its type."""
     if isinstance(e, OSError) and e.filename is not None:
         files = f"{e.filename}" + (f" -> {e.filename2}" if e.filename2 is not None else "")
         text = f"{files}: {e.strerror or e}"
+    elif isinstance(e, WeightsUnavailable):  # how to supply the weights, as flags, not Python
+        text = e.message("cli")
     elif isinstance(e, ValueError):         # PatchRankError and friends: a sentence of their own
         text = str(e)
     else:

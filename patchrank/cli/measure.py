@@ -38,7 +38,7 @@ def add_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, help="results JSON (CSV and a resumable .cells.jsonl beside it)")
     p.add_argument("--rankings", default=None, help="golden ranking folder to reuse for 'golden' "
                    "(default: search per image, slow)")
-    p.add_argument("--predictor", default=None, help="predictor file (default: the bundled one)")
+    p.add_argument("--predictor", default=None, help="predictor file or hf-hub:org/repo[/file] (default: the bundled one)")
     p.add_argument("--tokens", default=None, help="learnable tokens file (default: the bundled ones)")
     p.add_argument("--template", action="append", default=None,
                    help="prompt template with {} (repeatable), or 'ensemble' (open_clip's 80 "
@@ -97,7 +97,7 @@ def add_reproduce(p: argparse.ArgumentParser) -> None:
                    help="CoOp split")
     p.add_argument("--out", default=None, help="folder for per-dataset results (resumable)")
     p.add_argument("--rankings-root", default=None, help="golden ranking folders, one per dataset key")
-    p.add_argument("--predictor", default=None, help="predictor file made for --model")
+    p.add_argument("--predictor", default=None, help="predictor file or hf-hub:org/repo[/file] made for --model")
     p.add_argument("--tokens", default=None, help="learnable tokens file made for --model")
     p.add_argument("--limit", type=positive_int, default=None, help="first N images of each dataset")
     _add_batches(p, fn)
@@ -135,7 +135,7 @@ def add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repeats", type=positive_int, default=default_of(fn, "repeats"), help="timed rounds")
     p.add_argument("--warmup", type=int, default=default_of(fn, "warmup"), help="untimed rounds first")
     p.add_argument("--data", default=None, help="dataset spec for real images (default: random pixels)")
-    p.add_argument("--predictor", default=None, help="predictor file (default: the bundled one)")
+    p.add_argument("--predictor", default=None, help="predictor file or hf-hub:org/repo[/file] (default: the bundled one)")
     p.add_argument("--tokens", default=None, help="learnable tokens file (default: the bundled ones)")
     p.add_argument("--out", default=None, help="also write the JSON here")
 

@@ -55,10 +55,12 @@ def shared_options(*, model_options: bool = True, prune_layer: bool = True, comp
     if model_options:
         g.add_argument("--model", default="bundled",
                        help="'bundled' (offline, ships with the package), an open_clip ViT name "
-                            "(ViT-B-16, ...) or local-dir:/folder")
+                            "(ViT-B-16, ...), hf-hub:org/repo or local-dir:/folder; Hub files come "
+                            "through huggingface_hub (HF_ENDPOINT, HF_HOME, HF_HUB_OFFLINE)")
         g.add_argument("--pretrained", default=None,
-                       help="open_clip pretrained tag (e.g. openai) or checkpoint file; without "
-                            "it an open_clip name is randomly initialised")
+                       help="open_clip pretrained tag, spelled as open_clip allows (openai, OpenAI, "
+                            "laion2b-s34b-b79k), or checkpoint file; without it an open_clip name "
+                            "is randomly initialised")
         if prune_layer:
             g.add_argument("--prune-layer", type=non_negative_int, default=None,
                            help="prune at the input of this block (default: the model's own, "

@@ -117,6 +117,7 @@ def run_train_predictor(a: argparse.Namespace) -> dict:
     from ..distributed import rank_world
     if rank_world()[0] != 0:              # data-parallel: every rank holds the same predictor
         return None
+    res.predictor.meta["command"] = getattr(a, "command_line", None)   # for its model card
     path = res.predictor.save(a.out)
     return {"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
             **res.summary(), "cost": res.predictor.cost(m, a.ratios)}
