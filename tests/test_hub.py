@@ -310,3 +310,18 @@ def test_corrupt_predictor_file_is_a_plain_error(tmp_path):
         (tmp_path / name).write_bytes(data)
         with pytest.raises(PatchRankError, match="not a readable PatchRank predictor file"):
             pr.load_predictor(tmp_path / name)
+
+
+def test_prune_an_open_clip_model_with_a_predictor_from_the_hub(b32, hub, published, monkeypatch):
+    """The drop-in on the open_clip model itself (no PatchRank name, only its weights) with an
+    hf-hub: predictor: accepted by the weights' fingerprint, prunes, leaves the original as it was."""
+    m, home, _ = b32
+    point_hub(monkeypatch, hub.url, home)
+    x = torch.randn(2, 3, *m.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        before = m.clip.encode_image(x)
+        fast = pr.prune(m.clip, keep_ratio=0.5, ranker=f"hf-hub:{PRED_REPO}")
+        p = pr.load_predictor(f"hf-hub:{PRED_REPO}", model=m)
+        assert torch.equal(fast.encode_image(x), m.encode_image(x, keep_ratio=0.5, ranker=p))
+        assert torch.equal(m.clip.encode_image(x), before)
+    assert fast.gflops() < fast.gflops(1.0)
