@@ -10,6 +10,9 @@ import torch  # noqa: E402
 
 torch.set_num_threads(2)
 
+#: The stand-in Hub's session fixtures (files, hub, b32) for every test module.
+pytest_plugins = ["tests.hub_fixtures"]
+
 
 @pytest.fixture(scope="session")
 def bundled():
