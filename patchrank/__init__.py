@@ -5,6 +5,7 @@ from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 from .golden import Ranking, golden_ranking
 from .models import PatchModel, flops, load_model
 from .predictor import Predictor, load_predictor
+from .publish import model_card, write_model_card
 from .tokens import LearnableTokens, load_tokens
 
 __all__ = ["PatchModel", "load_model", "flops", "bundled_eval", "PatchRankError",
@@ -13,11 +14,3 @@ __all__ = ["PatchModel", "load_model", "flops", "bundled_eval", "PatchRankError"
            "write_model_card"]
 __version__ = "0.1.0"
 
-
-def __getattr__(name: str):
-    """``pr.model_card`` / ``pr.write_model_card`` on first use: importing ``patchrank.publish``
-    here would make ``python -m patchrank.publish`` run a module already imported."""
-    if name in ("model_card", "write_model_card"):
-        from . import publish
-        return getattr(publish, name)
-    raise AttributeError(f"module 'patchrank' has no attribute {name!r}")

@@ -6,7 +6,7 @@ with golden rankings on held-out images), so the card is generated, never writte
 cannot disagree with the file. Publish both with huggingface_hub's CLI (``hf upload REPO
 LOCAL_PATH PATH_IN_REPO``: one file per call, or a folder holding just the two)::
 
-    python -m patchrank.publish runs/predictor.safetensors ORG/REPO     # writes runs/README.md
+    patchrank publish runs/predictor.safetensors ORG/REPO     # writes runs/README.md
     hf upload ORG/REPO runs/predictor.safetensors predictor.safetensors
     hf upload ORG/REPO runs/README.md README.md
 
@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 
 from .predictor import HUB_FILE, load_predictor
@@ -132,25 +131,7 @@ def write_model_card(path: str | os.PathLike, out: str | os.PathLike | None = No
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m patchrank.publish PREDICTOR [ORG/REPO]``: write the card beside the file and
-    print the two ``hf upload`` commands that publish both."""
-    import argparse
-    ap = argparse.ArgumentParser(prog="python -m patchrank.publish", description=main.__doc__)
-    ap.add_argument("predictor", help="predictor file (.safetensors)")
-    ap.add_argument("repo_id", nargs="?", default=None, help="Hub repository it goes to (ORG/REPO)")
-    ap.add_argument("--out", default=None, help="card path (default: README.md beside the file)")
-    a = ap.parse_args(argv)
-    from .errors import PatchRankError
-    try:
-        out = write_model_card(a.predictor, a.out, a.repo_id)
-    except PatchRankError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    repo = a.repo_id or PLACEHOLDER
-    print(f"wrote {out}\nhf upload {repo} {a.predictor} {HUB_FILE}\nhf upload {repo} {out} README.md")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+def upload_commands(predictor: str | os.PathLike, card: str | os.PathLike, repo_id: str | None) -> list[str]:
+    """The two ``hf upload`` calls (huggingface_hub's CLI: one file per call) that publish both."""
+    repo = repo_id or PLACEHOLDER
+    return [f"hf upload {repo} {predictor} {HUB_FILE}", f"hf upload {repo} {card} README.md"]

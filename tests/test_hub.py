@@ -44,8 +44,8 @@ PY_LINES = ('m = pr.load_model("ViT-B-32", pretrained="openai")',
 @pytest.fixture(scope="session")
 def published(b32, hub):
     """A predictor for ViT-B-32/openai published on the stand-in as the README says: the file,
-    its model card written by ``python -m patchrank.publish``, in repository PRED_REPO."""
-    from patchrank import publish
+    its model card written by ``python -m patchrank publish``, in repository PRED_REPO."""
+    from patchrank.cli import main
     m = b32[0]
     runs = Path(tempfile.mkdtemp(prefix="patchrank-publish-")) / "runs"
     p = pr.Predictor.for_model(m)
@@ -53,10 +53,10 @@ def published(b32, hub):
                   val_metrics={"kendall_tau": 0.5})
     p.save(runs / "predictor.safetensors")
     with contextlib.redirect_stdout(io.StringIO()) as said:
-        assert publish.main([str(runs / "predictor.safetensors"), PRED_REPO]) == 0
+        assert main(["publish", str(runs / "predictor.safetensors"), PRED_REPO]) == 0
     hub.add(PRED_REPO, "predictor.safetensors", runs / "predictor.safetensors")
     hub.add(PRED_REPO, "README.md", runs / "README.md")
-    yield runs, said.getvalue().replace(str(runs), "runs")
+    yield runs, json.loads(said.getvalue().replace(str(runs), "runs"))
     shutil.rmtree(runs.parent, ignore_errors=True)
 
 
@@ -185,9 +185,10 @@ def test_readme_shows_what_these_tests_run(published):
     readme = (ROOT / "README.md").read_text()
     for line in (CLI_BENCH, *PY_LINES):
         assert line in readme, line
-    for line in published[1].splitlines()[1:]:          # the two `hf upload` commands
+    assert published[1]["card"] == "runs/README.md"
+    for line in published[1]["upload"]:                 # the two `hf upload` commands
         assert line in readme, line
-    assert f"python -m patchrank.publish runs/predictor.safetensors {PRED_REPO}" in readme
+    assert f"python -m patchrank publish runs/predictor.safetensors {PRED_REPO}" in readme
 
 
 def test_cli_runs_real_clip_from_the_hub(b32, hub, published):

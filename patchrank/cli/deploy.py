@@ -1,5 +1,6 @@
-"""Subcommands that put pruning to use: ``embed`` (embeddings of a folder) and ``export`` (the
-pruned image encoder as ONNX). Arguments and the call into the library only.
+"""Subcommands that put pruning to use: ``embed`` (embeddings of a folder), ``export`` (the
+pruned image encoder as ONNX) and ``publish`` (a predictor's model card for the Hub). Arguments
+and the call into the library only.
 """
 from __future__ import annotations
 
@@ -60,9 +61,24 @@ def run_export(a: argparse.Namespace) -> dict:
                        tokens=a.tokens, check=not a.no_check)
 
 
+# -- publish --------------------------------------------------------------------------------------
+def add_publish(p: argparse.ArgumentParser) -> None:
+    p.add_argument("predictor", help="predictor file (.safetensors)")
+    p.add_argument("repo_id", nargs="?", default=None, help="Hub repository it goes to (ORG/REPO)")
+    p.add_argument("--out", default=None, help="card path (default: README.md beside the predictor)")
+
+
+def run_publish(a: argparse.Namespace) -> dict:
+    from ..publish import upload_commands, write_model_card
+    card = write_model_card(a.predictor, a.out, a.repo_id)
+    return {"card": str(card), "upload": upload_commands(a.predictor, card, a.repo_id)}
+
+
 COMMANDS = (
     Command("embed", "image embeddings of a folder, pruned (resumable; .npy + .json index)",
             add_embed, run_embed),
     Command("export", "the pruned image encoder, patch selection included, as ONNX",
             add_export, run_export, dict(compute=False)),
+    Command("publish", "write a predictor's model card (README.md) from the file itself and print "
+            "the hf upload commands that publish both", add_publish, run_publish, None),
 )
