@@ -5,7 +5,7 @@ the image it needs); the README's screenshot is saved by the first test. What is
 - upload, drag and release: masks, agreement, top-5 and costs end at the ratio shown;
 - arrow keys, the number box and the reset button: the same, every panel labelled with its ratio;
 - one request per user action (upload, example click, keys, number box, reset, ranker menu,
-  golden mode), counted on the queue's join requests;
+  learnable-tokens box, typed labels, golden mode), counted on the queue's join requests;
 - a non-image upload: the app's own one-line message once, no server path, no framework
   wording, and every result of the previous image cleared;
 - a refused upload (1x1 PNG): the slider no longer draws anything from the previous image;
@@ -216,6 +216,14 @@ def test_one_request_per_menu_choice_upload_and_example(page):
     _wait_text(page, "pr-heat-right", "EViT")
     _wait_text(page, "pr-mask-right", "EViT", "keep 0.50")          # EViT's kept set is drawn
     _one_request(page, "ranker menu")
+    page.click("#pr-tokens input")
+    _wait_text(page, "pr-cost", "earnable tokens")
+    _one_request(page, "tokens checkbox")
+    page.fill("#pr-labels textarea", "sandal, sneaker, bag")
+    page.click("#pr-status")                                       # leave the box
+    page.wait_for_function("() => !document.getElementById('pr-top-full').innerText.includes('ankle')")
+    _wait_text(page, "pr-curve-md", "Full model")
+    _one_request(page, "labels typed")
     page.click("#pr-golden-mode label:has-text('every patch')")
     _wait_text(page, "pr-curve-md", "Full model")
     _one_request(page, "golden mode")
