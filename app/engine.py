@@ -16,8 +16,8 @@ import open_clip
 import torch
 
 import patchrank as pr
-from patchrank import golden, metrics, rankers, sweep
-from patchrank.baselines import ToMeMerger
+from patchrank import forward, golden, metrics, rankers, sweep
+from patchrank.baselines import ToMeMerger, cls_attention
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 from patchrank.predictor import load_predictor
 from patchrank.timing import interleaved
@@ -50,6 +50,9 @@ IMAGENET_LABELS = tuple(dict.fromkeys(open_clip.IMAGENET_CLASSNAMES))
 LABEL_PRESETS = {"everyday": "everyday things", "imagenet": "ImageNet: open_clip's 1,000 classes"}
 #: Rankers the app knows how to name; any other registered ranker is listed too.
 BUILTIN_ORDERED = ("golden", "predictor", "attention", "norm", "norm-low", "random", "tome")
+#: Mergers the app can draw: ToMe's merge groups, EViT's kept patches (the rest fuse into one
+#: token). Another merger has nothing per patch to draw, so it is not offered.
+DRAWABLE_MERGERS = ("tome", "attention+fuse")
 GOLDEN_MODES = {"exact": "one-shot leave-one-out, every patch",
                 "fast": "one-shot leave-one-out on 2x2 cells (4x faster)"}
 
@@ -250,6 +253,29 @@ def tome_groups(m: pr.PatchModel, prefix: torch.Tensor, k: int) -> np.ndarray:
     """ToMe merge group (output token 0..k-1) of every patch [P], from the prefix tokens."""
     with torch.inference_mode():
         return ToMeMerger().merge(m, prefix, k).groups[0].cpu().numpy().astype(np.int64)
+
+
+def fuse_order(m: pr.PatchModel, prefix: torch.Tensor) -> np.ndarray:
+    """The order in which EViT-style fusion (``attention+fuse``) keeps patches: block k's CLS
+    attention on the tokens entering it, best first (it keeps the first k-1, fuses the rest)."""
+    block = forward.blocks(m.visual)[m.prune_layer]
+    with torch.inference_mode():
+        return _order(rankers.order_from_scores(cls_attention(block, prefix)))
+
+
+def unknown_labels(m: pr.PatchModel, labels: list[str]) -> list[str]:
+    """Labels with a word the model's text encoder never learnt (a zero token embedding: the
+    bundled model keeps only its training words, ``patchrank.bundled``). Real CLIP knows every
+    word, so this is empty for it."""
+    if not m.classnames:
+        return []
+    table = m.clip.token_embedding.weight
+    out = []
+    for label in labels:
+        ids = [int(i) for i in m.tokenizer([label])[0] if 0 < int(i) < table.shape[0]]
+        if any(not bool(table[i].any()) for i in ids):
+            out.append(label)
+    return out
 
 
 def prefix(m: pr.PatchModel, x: torch.Tensor) -> torch.Tensor:

@@ -27,7 +27,7 @@ import patchrank as pr
 from patchrank.bundled import BUNDLED_DIR
 from patchrank.errors import ModelMismatch, PatchRankError
 
-from . import engine, plots, render
+from . import engine, messages, plots, render
 from .inputs import InputError, check_choice, check_ratio, file_path, load_image, parse_labels
 from .store import LRU, MAX_PREDICTORS_PER_SESSION, session as get_session
 
@@ -58,6 +58,9 @@ def ranker_choices() -> list[tuple[str, str]]:
     """(label, value) pairs for the two ranker selectors: golden, predictor, then the engine's."""
     names = engine.registered_rankers()
     values = list(engine.BUILTIN_ORDERED) + [n for n in names if n not in engine.BUILTIN_ORDERED]
+    # a merger is offered only if the app can draw what it keeps (no placeholder panels)
+    values = [v for v in values if v not in names or not engine.is_merger(v)
+              or v in engine.DRAWABLE_MERGERS]
     return [(plots.display_name(v), v) for v in values]
 
 
@@ -86,6 +89,7 @@ class Analysis:
     taus: dict = field(default_factory=dict)         # (left, right) -> Kendall tau
     prefix: torch.Tensor | None = None               # tokens entering the prune layer (merging)
     groups: dict = field(default_factory=dict)       # kept count -> ToMe group per patch
+    merger_orders: dict = field(default_factory=dict)  # merger -> order of what it keeps (EViT)
     ranker_gflops: dict = field(default_factory=dict)  # ranker -> GFLOPs of choosing (None: unknown)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -194,8 +198,10 @@ def _compute_analysis(key, model_key, m, img, x, golden_mode, pred, pred_why, no
                  pred.source if pred else None, seconds, notes, name)
     a.ranker_gflops = {n: engine.ranker_gflops(m, n, golden_mode, pred)
                        for n in RANKER_VALUES if n not in missing or n == "golden"}
-    if "tome" in mergers:
+    if mergers:
         a.prefix = engine.prefix(m, x)
+    if "attention+fuse" in mergers:            # EViT keeps its k-1 best patches: drawable
+        a.merger_orders["attention+fuse"] = engine.fuse_order(m, a.prefix)
     return a
 
 
@@ -249,6 +255,9 @@ def _heat_panel(a: Analysis, name: str, ratio: float):
         if name == "golden":
             title += f" ({a.golden_mode})"
         return render.heatmap(a.view, a.orders[name], a.grid, title)
+    if name in a.merger_orders:
+        return render.heatmap(a.view, a.merger_orders[name], a.grid,
+                              f"{title}: CLS attention at block {a.model.prune_layer}")
     if name in a.mergers:
         return _groups_panel(a, name, ratio)
     if name == "golden" and golden_pending(a):
@@ -287,6 +296,10 @@ def _mask_panel(a: Analysis, name: str, ratio: float):
     if name in a.orders:
         return render.mask_overlay(a.view, render.keep_mask(a.orders[name], k), a.grid,
                                    f"{plots.display_name(name)} at keep ratio {ratio:.2f}", a.mask_bases)
+    if name in a.merger_orders:               # EViT: k-1 patches kept, the rest fused into one token
+        keep = render.keep_mask(a.merger_orders[name], max(1, k - 1))
+        return render.mask_overlay(a.view, keep, a.grid, f"{plots.display_name(name)} keep {ratio:.2f}: "
+                                   "dimmed = fused into 1 token", a.mask_bases)
     if name in a.mergers:
         return _groups_panel(a, name, ratio)
     if name == "golden" and golden_pending(a):
@@ -313,16 +326,21 @@ def _agreement_md(a: Analysis, left: str, right: str, ratio: float) -> str:
             f"{a.model.prune_layer} on; GFLOPs {enc:.3f} of {float(pr.flops(a.model)):.3f} for the "
             f"encoder (1 MAC = 2 FLOPs), with each side's ranker: "
             f"{_with_rankers(a, enc, left, right)}.")
-    if left not in a.orders or right not in a.orders:
-        return head + "  \nAgreement needs two rankers with a patch order (not a merger)."
+    orders = {**a.merger_orders, **a.orders}
+    if "golden" in (left, right) and golden_pending(a):
+        return head + "  \nAgreement: computing the golden ranking; it follows in a moment."
+    if left not in orders or right not in orders:
+        return head + "  \nAgreement needs two rankers with a patch order (ToMe merges tokens instead)."
     if left == right:
         return head + "  \nBoth sides show the same ranker."
     tau = a.taus.get((left, right))
     if tau is None:
-        tau = a.taus[(left, right)] = engine.kendall_tau(a.orders[left], a.orders[right])
-    iou = engine.kept_iou(a.orders[left], a.orders[right], ratio)
+        tau = a.taus[(left, right)] = engine.kendall_tau(orders[left], orders[right])
+    iou = engine.kept_iou(orders[left], orders[right], ratio)
     return (head + f"  \n**{plots.display_name(left)} vs {plots.display_name(right)}**: "
-            f"Kendall tau {tau:+.3f} over the full order; kept-set IoU {iou:.3f} at this ratio.")
+            f"Kendall tau {tau:+.3f} over the full order; kept-set IoU {iou:.3f} at this ratio.  \n"
+            "*Kendall tau: +1 = the same order of all patches, 0 = unrelated, -1 = reversed. "
+            "Kept-set IoU: patches both keep / patches either keeps (1 = the same kept set).*")
 
 
 def _checked(ratio: Any, left: Any, right: Any) -> tuple[float, str, str]:
@@ -618,10 +636,11 @@ def load_model(choice: str, arch: str = "", path: str = "", *, session: str | No
     t = time.perf_counter()
     try:
         key, m = engine.REGISTRY.load(choice, arch, path)
-    except (PatchRankError, OSError, RuntimeError, ValueError) as e:
+    except Exception as e:  # any reason a load fails is told to the user; the app carries on
         prev = sess.model_key
-        return (f"**Could not load {choice}**: {e}  \nThe current model "
-                f"(`{prev}`) is kept.", None, prev if prev in engine.MODEL_CHOICES else "local")
+        msg = messages.model_load_failure(choice, arch, path, e, prev)
+        # a failed local load keeps the menu on "local" (and its fields shown) to fix a typo
+        return msg, None, "local" if choice == "local" or prev not in engine.MODEL_CHOICES else prev
     dt = time.perf_counter() - t
     report(1.0, "loaded")
     sess.model_key = key
@@ -669,7 +688,8 @@ def upload_predictor(file: Any, *, session: str | None = None) -> str:
     except InputError as e:
         raise _fail(e) from None
     _, m = _model_for(sess)
-    name = Path(getattr(file, "orig_name", None) or path.name).name
+    orig = file.get("orig_name") if isinstance(file, dict) else getattr(file, "orig_name", None)
+    name = Path(orig or path.name).name
     try:
         info = engine.load_uploaded_predictor(m, str(path), name)
     except engine.EngineMissing as e:

@@ -61,10 +61,18 @@ def load_image(src: Any) -> tuple[Image.Image, list[str]]:
         notes = _notes(head)
     try:
         im = engine_load_image(path)
-    except (ValueError, OSError) as e:
-        msg = str(e).replace(path, "this image").replace(os.path.basename(path), "this image")
-        raise InputError(f"This image could not be decoded: {msg}") from None
+    except (ValueError, OSError) as e:   # the engine's words name the server path: not shown
+        raise InputError(_decode_failure(str(e))) from None
     return im, notes
+
+
+def _decode_failure(reason: str) -> str:
+    """One line for a file whose header reads but whose pixels do not."""
+    if "truncated" in reason.lower():
+        return ("This image file is cut short (truncated), so it cannot be decoded. Upload the "
+                "complete file.")
+    return ("This image file is damaged or in a variant this app cannot decode. Save it again as "
+            "JPEG or PNG and upload that.")
 
 
 def _notes(head: Image.Image) -> list[str]:

@@ -66,6 +66,9 @@ class Session:
     predictors: dict[str, Any] = field(default_factory=dict)   # model_id -> uploaded predictor
     exports: list[str] = field(default_factory=list)        # this session's export folder(s)
     label_preset: str = "everyday"                          # engine.LABEL_PRESETS key
+    view: Any = None                                        # app.state.View: what the user chose
+    curve_labels: Any = None                                # labels the shown curve was drawn for
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # app.state's redraws
 
 
 #: Most sessions remembered at once; the oldest idle one is forgotten first.

@@ -9,8 +9,8 @@ from gradio_client import Client, handle_file
 from PIL import Image
 
 LABELS = "top, sandal, bag, sneaker"
-ENDPOINTS = {"/analyze", "/threshold", "/prune", "/curve", "/export", "/views", "/load_model",
-             "/upload_predictor", "/tradeoff", "/label_preset"}
+ENDPOINTS = {"/analyze", "/set_ratio", "/threshold", "/prune", "/curve", "/export", "/views",
+             "/load_model", "/upload_predictor", "/tradeoff", "/label_preset"}
 
 
 def _repo_files() -> set:
@@ -80,6 +80,29 @@ def test_bad_inputs_keep_server_serving(client, tmp_path):
     assert "CMYK" in out[5]
     # and the server still answers
     assert "of 196" in client.predict(0.4, "golden", "norm", api_name="/threshold")[2]
+
+
+def test_bad_upload_gets_the_apps_own_message(client, tmp_path):
+    """Each refused file: the app's one-line message, as the browser shows it; no server path,
+    no framework wording ("Could not preprocess input component ...")."""
+    from app import inputs
+    odd = S.odd_images(tmp_path / "odd")
+    for name in S.REFUSED:
+        with pytest.raises(Exception) as e:
+            client.predict(handle_file(str(odd[name])), "fast", 0.5, "golden", "norm", api_name="/analyze")
+        msg = str(e.value)
+        with pytest.raises(inputs.InputError) as own:
+            inputs.load_image(str(odd[name]))
+        assert msg == str(own.value), (name, msg)
+        assert "\n" not in msg and "/" not in msg and "preprocess" not in msg.lower(), (name, msg)
+
+
+def test_set_ratio_returns_one_consistent_state(client):
+    client.predict(handle_file(str(S.EXAMPLE)), "fast", 0.5, "golden", "attention", api_name="/analyze")
+    mask_l, mask_r, agree, full, left, right, cost = client.predict(
+        0.2, "golden", "attention", LABELS, False, api_name="/set_ratio")
+    assert "39 of 196" in agree and "At keep ratio 0.20" in cost and "Kept tokens** 39" in cost
+    assert len(left["confidences"]) == 4 and Image.open(mask_l).width >= 14 * 16
 
 
 def test_model_switch_failure_is_a_message(client):

@@ -252,9 +252,12 @@ def test_failed_model_load_keeps_current():
     sid = "test-models"
     store.session(sid).model_key = "bundled"
     msg, labels, value = H.load_model("ViT-B-32/openai", session=sid)     # offline: no weights
-    assert "Could not load" in msg and "kept" in msg and labels is None and value == "bundled"
+    assert "Could not load" in msg and "stays in use" in msg and labels is None and value == "bundled"
+    assert "local checkpoint" in msg and "load_model(" not in msg     # user's words and route
     msg, labels, value = H.load_model("local", "ViT-B-16", "/nonexistent/ckpt.safetensors", session=sid)
-    assert "Could not load" in msg and "not found" in msg
+    assert "Could not load" in msg and "not found" in msg and value == "local"   # menu kept on local
+    msg, labels, value = H.load_model("local", "ViT-B-16", str(S.EXAMPLE), session=sid)  # not weights
+    assert "could not be read as ViT-B-16 weights" in msg and value == "local"
     msg, labels, value = H.load_model("local", "", "", session=sid)
     assert "Could not load" in msg
     assert store.session(sid).model_key == "bundled"

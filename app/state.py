@@ -1,0 +1,240 @@
+"""One state, one truth: what the Explore tab shows is always drawn from one per-session view.
+
+The page has many ways to change what it shows (slider drag, arrow keys, the number box, the
+reset button, the ranker menus, labels, a new or refused or removed image, a model switch).
+Before this module each had its own partial handler, so the screen could show masks for one keep
+ratio beside a top-5 and GFLOPs for another. Here every path records the user's current choice
+(:class:`View`) in the session and redraws *every* result that depends on it from that one
+record, under the session's lock, so the last thing drawn is always a complete, consistent state.
+
+Results are returned as ``{output key: value}`` dicts (``Out`` carries a panel label along with
+a value; ``SKIP`` leaves an output as it is); ``app.ui`` maps keys to components. Nothing here
+imports the UI, so the tests call these functions directly.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import gradio as gr
+
+from . import engine, handlers as H, plots, render
+from .inputs import MAX_RATIO, MIN_RATIO, InputError, parse_labels
+from .store import session as get_session
+
+#: Every output a new image (or a refused or removed one) replaces, in ``app.ui``'s order.
+RESULT_KEYS = ("heat_l", "heat_r", "mask_l", "mask_r", "agreement", "top_full", "top_l",
+               "top_r", "cost", "curve", "curve_md", "files", "status")
+#: What a keep-ratio or ranker change redraws (the curve and exports do not depend on them).
+VIEW_KEYS = RESULT_KEYS[:9]
+#: What a change of class labels redraws.
+LABEL_KEYS = ("top_full", "top_l", "top_r", "cost", "curve", "curve_md", "files")
+SKIP = object()
+NO_IMAGE = "Upload or paste an image, or pick an example."
+
+
+@dataclass(frozen=True)
+class Out:
+    """An output value with the label its panel should show (which ranker, which keep ratio)."""
+    value: Any
+    label: str | None = None
+
+
+@dataclass(frozen=True)
+class View:
+    """What the user has chosen on the Explore tab: the one source every result is drawn from."""
+    ratio: float = 0.5
+    left: str = "golden"
+    right: str = "predictor"
+    labels: Any = ""
+    use_tokens: bool = False
+
+
+def ratio_in_range(ratio: Any) -> bool:
+    """False for the transient values the number box sends while a person types ("0", "")."""
+    try:
+        r = float(ratio)
+    except (TypeError, ValueError):
+        return False
+    return MIN_RATIO - 1e-9 <= r <= MAX_RATIO + 1e-9
+
+
+def view_of(ratio: Any, left: Any, right: Any, labels: Any, use_tokens: Any) -> View:
+    """The user's choice as sent by the page or an API call; refuses bad values (``gr.Error``)."""
+    r, lft, rgt = H._checked(ratio, left, right)
+    return View(r, lft, rgt, labels, bool(use_tokens))
+
+
+def cleared(status: str, *, keys: tuple[str, ...] = RESULT_KEYS, why: str = NO_IMAGE) -> dict[str, Any]:
+    """Every result in ``keys`` emptied (the old image's or the old labels' results must not stay
+    on screen); ``status`` explains why, ``why`` is written on the emptied image panels."""
+    blank = render.placeholder(None, why)
+    out: dict[str, Any] = {}
+    for key in keys:
+        if key.startswith(("heat", "mask")):
+            side = "Left" if key.endswith("_l") else "Right"
+            out[key] = Out(blank, f"{side}: {'ranking' if key.startswith('heat') else 'kept / pruned'}")
+        elif key.startswith("top"):
+            out[key] = Out(None, _TOP_TITLES[key])
+        elif key in ("agreement", "cost", "curve_md"):
+            out[key] = ""
+        elif key == "status":
+            out[key] = status
+        else:                                        # curve figure, export files
+            out[key] = None
+    return out
+
+
+_TOP_TITLES = {"top_full": "Full model: top-5", "top_l": "Left ranker, pruned: top-5",
+               "top_r": "Right ranker, pruned: top-5"}
+
+
+# -- drawing one view -----------------------------------------------------------------------------
+def short_name(name: str) -> str:
+    """A ranker's name short enough for a panel label (the drawn title has the full one)."""
+    return {"golden": "golden", "attention+fuse": "EViT"}.get(name, plots.display_name(name))
+
+
+def _side_titles(a: H.Analysis, view: View, side: str) -> tuple[str, str]:
+    name = view.left if side == "l" else view.right
+    k = a.model.keep_count(view.ratio)
+    who = f"{'Left' if side == 'l' else 'Right'}: {short_name(name)}"
+    return f"{who} ranking", f"{who}, keep {view.ratio:.2f} ({k}/{a.num_patches})"
+
+
+def _panels(a: H.Analysis, view: View, heat: bool) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for side, name in (("l", view.left), ("r", view.right)):
+        heat_title, mask_title = _side_titles(a, view, side)
+        draw_heat = heat or (name in a.mergers and name not in a.merger_orders)  # groups follow k
+        out[f"heat_{side}"] = Out(H._heat_panel(a, name, view.ratio), heat_title) if draw_heat else SKIP
+        out[f"mask_{side}"] = Out(H._mask_panel(a, name, view.ratio), mask_title)
+    out["agreement"] = H._agreement_md(a, view.left, view.right, view.ratio)
+    return out
+
+
+def _vocabulary_note(a: H.Analysis, names: list[str]) -> str:
+    unknown = engine.unknown_labels(a.model, names)
+    if not unknown:
+        return ""
+    who = "the bundled model" if a.model.name == "bundled" else a.model.name
+    return (f"  \n**Note**: {', '.join(repr(u) for u in unknown[:6])} "
+            f"{'is' if len(unknown) == 1 else 'are'} outside {who}'s vocabulary (its text encoder "
+            f"learnt only the words of its classes: {', '.join(a.model.classnames or ())}), so "
+            "such labels get the same meaningless score. Use its classes, or load real CLIP.")
+
+
+def _top5(a: H.Analysis, view: View, session: str | None) -> dict[str, Any]:
+    """Top-5 of the full and both pruned models plus the cost line, all for ``view``."""
+    k = a.model.keep_count(view.ratio)
+    head = (f"**At keep ratio {view.ratio:.2f}** ({k} of {a.num_patches} patches), "
+            f"left {plots.display_name(view.left)}, right {plots.display_name(view.right)}.  \n")
+    try:
+        names = parse_labels(view.labels, presets=[engine.IMAGENET_LABELS])
+    except InputError as e:
+        out = cleared("", keys=("top_full", "top_l", "top_r"))
+        out["cost"] = head + f"**No top-5**: {e}"
+        return out
+    full, left, right, md = H.prune(view.ratio, view.left, view.right, names, view.use_tokens,
+                                    session=session)
+    out = {"top_full": Out(full, f"Full model ({a.num_patches} patches): top-5")}
+    for key, side, name, d in (("top_l", "Left", view.left, left), ("top_r", "Right", view.right, right)):
+        label = f"{side}: {short_name(name)}, keep {view.ratio:.2f}: top-5"
+        if not d and name == "golden" and H.golden_pending(a):
+            label = f"{side}: golden: computing the golden ranking..."
+        out[key] = Out(d or None, label)
+    if H.golden_pending(a):
+        md += "  \n(Latency measured while the golden search runs on the same CPU: expect it slower.)"
+    out["cost"] = head + md + _vocabulary_note(a, names)
+    return out
+
+
+def draw(session: str | None, *, heat: bool = True, view: View | None = None,
+         panels: bool = True, top5: bool = True) -> dict[str, Any]:
+    """Every result that depends on the view (``panels``: masks, rankings and agreement, no model
+    run; ``top5``: top-5 and costs, a pruned forward), drawn for the session's current (or the
+    given) view under the session's lock. With no analysed image nothing changes (all
+    ``SKIP``): the results were cleared when the image went."""
+    sess = get_session(session)
+    with sess.lock:                  # read the view and draw it without another redraw between
+        if view is not None:
+            sess.view = view
+        a, view = sess.analysis, sess.view or View()
+        if a is None:
+            return {key: SKIP for key in VIEW_KEYS}
+        return {**(_panels(a, view, heat) if panels else {}),
+                **(_top5(a, view, session) if top5 else {})}
+
+
+def curve_results(session: str | None, progress: H.Progress = None) -> dict[str, Any]:
+    """The per-image curve for the current labels; a refusal empties it and says why."""
+    sess = get_session(session)
+    view = sess.view or View()
+    try:
+        parse_labels(view.labels, presets=[engine.IMAGENET_LABELS])
+    except InputError as e:
+        return {"curve": None, "curve_md": f"No curve: {e}"}
+    fig, md = H.curve(view.labels, session=session, progress=progress)
+    sess.curve_labels = view.labels
+    return {"curve": fig, "curve_md": md, "files": None}
+
+
+# -- whole flows ----------------------------------------------------------------------------------
+def image_stream(image: Any, golden_mode: str, view: View, *, session: str | None = None,
+                 progress: H.Progress = None) -> Iterator[dict[str, Any]]:
+    """A new, removed or re-analysed image, as successive complete states: fast rankers first,
+    then the golden ranking with top-5 and costs, then the curve. A refused image clears every
+    result (the image input too) and says why in one toast (a warning: an error would also
+    stamp "Error" on every output of the event)."""
+    sess = get_session(session)
+    sess.view, sess.curve_labels = view, None
+    if image is None:
+        sess.analysis = None
+        yield cleared(NO_IMAGE)
+        return
+    try:
+        a = H.analyze(image, golden_mode, session=session, progress=progress, golden=False)
+    except gr.Error as e:
+        sess.analysis = None
+        gr.Warning(e.message)
+        yield {**cleared(f"**Image refused**: {e.message}",
+                         why="No image analysed: the upload was refused (see the message)."),
+               "image": None}
+        return
+    out: dict[str, Any] = {}
+    if "predictor" in a.missing and view.right == "predictor" and "attention" in a.orders:
+        view = View(view.ratio, view.left, "attention", view.labels, view.use_tokens)
+        out["right"] = "attention"
+        gr.Info("No predictor for this model: comparing with CLS attention instead.")
+    first = draw(session, view=view)
+    if H.golden_pending(a):            # top-5 and costs wait for the golden side
+        first.update(cleared("", keys=("top_full", "top_l", "top_r")))
+        first["cost"] = "Computing the golden ranking; top-5 and costs follow."
+    yield {**out, **first, "curve": None, "curve_md": "", "files": None, "status": H.status_md(a)}
+    if H.golden_pending(a):
+        H.ensure_golden(a, progress)
+        if sess.analysis is not a:     # another image arrived meanwhile: its stream takes over
+            return
+        yield {**draw(session), "status": H.status_md(a)}
+    if sess.analysis is a:
+        yield curve_results(session, progress)
+
+
+def labels_stream(view: View, *, session: str | None = None,
+                  progress: H.Progress = None) -> Iterator[dict[str, Any]]:
+    """New class labels (typed, a preset, learnable tokens on or off): top-5, costs, curve and
+    exports redrawn for them. Refused labels clear what the old labels produced and say why."""
+    sess = get_session(session)
+    try:
+        parse_labels(view.labels, presets=[engine.IMAGENET_LABELS])
+    except InputError as e:
+        sess.view = view
+        gr.Warning(str(e))
+        yield {**cleared("", keys=LABEL_KEYS), "cost": f"**Labels refused**: {e}"}
+        return
+    if sess.analysis is None:
+        sess.view = view
+        return
+    now = draw(session, view=view)
+    yield {key: now[key] for key in ("top_full", "top_l", "top_r", "cost")}
+    yield curve_results(session, progress)
