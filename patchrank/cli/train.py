@@ -183,16 +183,15 @@ def run_tune_tokens(a: argparse.Namespace) -> dict:
 
 
 def resolve_ranker(spec: str, m) -> tuple[object, str | None]:
-    """--ranker: 'predictor' = the bundled predictor; a path = a predictor file; else a
-    registered ranker name. Returns (ranker, source file or None)."""
-    from .. import rankers
-    from ..predictor import default_path, load_predictor
-    if spec == "predictor":
-        return load_predictor(None, model=m), str(default_path())
-    if spec.endswith(".safetensors") or os.sep in spec or os.path.isfile(spec):
-        return load_predictor(spec, model=m), spec
-    rankers.resolve(spec)   # fail fast on an unknown name
-    return spec, None
+    """--ranker as ``patchrank.prune`` reads it ('predictor' = the bundled predictor, a file or
+    hf-hub: id = a predictor, else a registered ranker's name, kept as the name so the tokens
+    file records it). Returns (ranker, source of a predictor or None)."""
+    from ..dropin import resolve_ranker as resolve
+    from ..predictor import Predictor, default_path
+    r = resolve(spec, m)
+    if not isinstance(r, Predictor):
+        return spec, None
+    return r, str(default_path()) if spec == "predictor" else spec
 
 
 COMMANDS = (
