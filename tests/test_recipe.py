@@ -25,6 +25,7 @@ RECIPE = (
     "torchrun --nproc_per_node=2 -m patchrank train-predictor --model ViT-B-32 --pretrained openai --rankings runs/golden --out runs/predictor.safetensors --epochs 2",
     "python -m patchrank tune-tokens --model ViT-B-32 --pretrained openai --ranker runs/predictor.safetensors --data photos/ --shots 2 --epochs 1 --out runs/tokens.safetensors",
     "torchrun --nproc_per_node=2 -m patchrank sweep --model ViT-B-32 --pretrained openai --data photos/ --methods predictor,predictor+tokens,attention --predictor runs/predictor.safetensors --tokens runs/tokens.safetensors --ratios 1,0.6,0.4 --latency-batches none --out runs/sweep.json",
+    "torchrun --nproc_per_node=2 -m patchrank reproduce --model ViT-B-32 --pretrained openai --root coop/ --datasets caltech101,oxford_pets --methods predictor,attention --predictor runs/predictor.safetensors --out runs/paper",
 )
 
 
@@ -43,8 +44,9 @@ def photos(tmp_path_factory, eval_split):
     return root
 
 
-def _run(cmd: str, photos: Path, runs: Path, env: dict) -> dict:
-    argv = shlex.split(cmd.replace("photos/", f"{photos}/").replace("runs/", f"{runs}/"))
+def _run(cmd: str, photos: Path, runs: Path, env: dict, coop: Path | None = None) -> dict:
+    argv = shlex.split(cmd.replace("photos/", f"{photos}/").replace("runs/", f"{runs}/")
+                       .replace("coop/", f"{coop}/"))
     if argv[0] == "torchrun":
         argv = [sys.executable, "-m", "torch.distributed.run", "--standalone", *argv[1:]]
     else:
@@ -93,3 +95,10 @@ def test_recipe_end_to_end(b32, hub, photos, tmp_path):
     assert one["runtime"]["accuracy_s_this_run"] < 5
     assert [r["accuracy"] for r in res1["rows"]] == [r["accuracy"] for r in res["rows"]]
     assert np.isfinite([r["gflops"] for r in res1["rows"]]).all()
+    # the paper's table on CoOp-layout datasets, split across the 2 processes
+    from tests.test_sweep import coop_root
+    coop = coop_root(tmp_path / "coop")
+    rep = _run(RECIPE[4], photos, runs, env, coop)
+    assert set(rep["tables"]) == {"0.6"} and "| Ours (predictor) |" in rep["tables"]["0.6"]
+    assert {r["dataset"] for r in rep["rows"]} == {"caltech101", "oxford_pets"}
+    assert len(list((runs / "paper").glob("caltech101.cells.rank*.jsonl"))) == 2
