@@ -382,7 +382,8 @@ def golden_ranking(m, x: torch.Tensor, score: str = "similarity", labels=None, s
     target, splitting a cell if needed). ``stop_at``: None runs to one patch; a keep ratio stops
     at ``m.keep_count(stop_at)`` patches and orders those by the last round's scores.
     ``dtype``: None computes in the model's dtype; e.g. ``torch.bfloat16`` runs the suffix under
-    autocast (fast only with AMX / avx512_bf16). ``classnames``/``templates``: the zero-shot head
+    autocast (faster on AMX CPUs and GPUs, but not faithful: its order agrees with float32's at
+    Kendall tau 0.48 on the bundled model, ``benchmarks/golden_bf16.py``; the CLI refuses it). ``classnames``/``templates``: the zero-shot head
     for ``label``/``max`` (default ``m.classnames``). ``prefix``: tokens entering the prune layer
     if already computed. Per-round chunks hold as many variants as ``batch_budget_mb`` allows.
     ``progress(fraction, message)`` is called after every chunk of variants (the app's bar)."""

@@ -131,3 +131,11 @@ def test_the_cli_leaves_hf_hub_offline_to_the_user():
     for path in [*(ROOT / "patchrank").rglob("*.py"), *(ROOT / "app").rglob("*.py"), ROOT / "app.py"]:
         text = path.read_text()
         assert not re.search(r"""environ(\.setdefault\(|\[)\s*["']HF_HUB_OFFLINE""", text), path
+
+
+def test_golden_refuses_bf16_with_the_reason(capsys, tmp_path):
+    """No bf16 golden mode: its order disagrees with float32's (README, benchmarks/golden_bf16.py)."""
+    assert cli.main(["golden", "--data", "bundled-eval", "--limit", "1", "--out", str(tmp_path / "g"),
+                     "--dtype", "bfloat16"]) == 1
+    err = capsys.readouterr().err
+    assert "float32 only" in err and "Kendall tau" in err and not (tmp_path / "g").exists()

@@ -67,8 +67,8 @@ def shared_options(*, model_options: bool = True, prune_layer: bool = True, comp
                                 "round(L/4))")
     if compute:
         g.add_argument("--dtype", default="float32", choices=DTYPES,
-                       help="compute precision: the model's weights (golden: autocast of the "
-                            "search, weights stay float32)")
+                       help="compute precision: the model's weights (golden: float32 only; "
+                            "bf16 does not preserve its order, see the README)")
         g.add_argument("--device", default="cpu", help="torch device: cpu, cuda, cuda:1, ...")
     g.add_argument("--threads", type=positive_int, default=None,
                    help="torch CPU threads (default: torch's own choice, one per core)")
