@@ -208,6 +208,23 @@ def _scores(predictor, shard: _Shard, idx: torch.Tensor) -> torch.Tensor:
     return torch.cat([v for _, v in parts])[torch.argsort(pos)]
 
 
+def _evaluate(predictor, shard: _Shard, orders, val_idx, fn, kw, seed: int, ratios: tuple) -> dict:
+    """Validation loss (a fixed generator: comparable across epochs) and agreement with golden."""
+    predictor.eval()
+    s = _scores(predictor, shard, val_idx)
+    val_loss = float(fn(s, orders[val_idx], generator=torch.Generator().manual_seed(seed), **kw))
+    return {"val_loss": val_loss, **M.agreement(rankers.order_from_scores(s), orders[val_idx],
+                                                keep_ratios=ratios)}
+
+
+def _optimiser(predictor, lr: float, wd: float, cosine: bool, total_steps: int):
+    """Adam and, with ``cosine``, its schedule to lr/10 over the planned steps."""
+    opt = torch.optim.Adam(predictor.parameters(), lr=lr, weight_decay=wd)
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=lr / 10)
+             if cosine else None)
+    return opt, sched
+
+
 def _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr, wd, cosine,
            val_fraction, patience, seed, progress, loss_kwargs) -> TrainResult:
     t0 = time.perf_counter()
@@ -222,18 +239,11 @@ def _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr,
     fn, kw = LOSSES[loss], dict(loss_kwargs or {})
     if loss == "kl":
         kw.setdefault("keep_ratio", keep_ratio)
-    total_steps = max(1, epochs * math.ceil(len(train_idx) / batch))
-    opt = torch.optim.Adam(predictor.parameters(), lr=lr, weight_decay=wd)
-    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total_steps, eta_min=lr / 10)
-             if cosine else None)
+    opt, sched = _optimiser(predictor, lr, wd, cosine, max(1, epochs * math.ceil(len(train_idx) / batch)))
     report = _reporter(progress if distributed.rank_world()[0] == 0 else None)
 
     def evaluate(ratios: tuple) -> dict:
-        predictor.eval()
-        s = _scores(predictor, shard, val_idx)
-        val_loss = float(fn(s, orders[val_idx], generator=torch.Generator().manual_seed(seed), **kw))
-        return {"val_loss": val_loss, **M.agreement(rankers.order_from_scores(s), orders[val_idx],
-                                                    keep_ratios=ratios)}
+        return _evaluate(predictor, shard, orders, val_idx, fn, kw, seed, ratios)
 
     history, best, best_state, best_epoch, stale = [], math.inf, None, 0, 0
     for epoch in range(epochs):
@@ -265,12 +275,12 @@ def _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr,
     if len(val_idx):
         ev = evaluate(tuple(sorted({keep_ratio, 0.6, 0.4}, reverse=True)))
         val_metrics = {"loss": ev.pop("val_loss"), **ev}
-    predictor.meta.update({
-        "loss": loss, "keep_ratio": keep_ratio, "val_metrics": val_metrics, "best_epoch": best_epoch,
-        "settings": {"loss": loss, "keep_ratio": keep_ratio, "epochs": epochs, "batch": batch, "lr": lr,
-                     "weight_decay": wd, "cosine": cosine, "val_fraction": val_fraction,
-                     "patience": patience, "seed": seed, "loss_kwargs": loss_kwargs or {}},
-        "num_train": len(train_idx), "num_val": len(val_idx)})
+    settings = {"loss": loss, "keep_ratio": keep_ratio, "epochs": epochs, "batch": batch, "lr": lr,
+                "weight_decay": wd, "cosine": cosine, "val_fraction": val_fraction,
+                "patience": patience, "seed": seed, "loss_kwargs": loss_kwargs or {}}
+    predictor.meta.update({"loss": loss, "keep_ratio": keep_ratio, "val_metrics": val_metrics,
+                           "best_epoch": best_epoch, "settings": settings,
+                           "num_train": len(train_idx), "num_val": len(val_idx)})
     return TrainResult(predictor, history, val_metrics, best_epoch, len(train_idx), len(val_idx),
                        time.perf_counter() - t0)
 
