@@ -11,7 +11,6 @@ from patchrank.errors import PatchRankError, WeightsUnavailable
 from . import engine
 
 
-
 def local_route(arch: str = "") -> str:
     """How to load weights the app cannot download: the menu's local-checkpoint entry."""
     return ("choose **local checkpoint** in this menu and give the architecture"
@@ -33,7 +32,7 @@ def model_load_failure(choice: str, arch: str, path: str, err: BaseException, cu
     label = engine.MODEL_CHOICES.get(choice, (choice,))[0].split(" (")[0]
     if isinstance(err, WeightsUnavailable):
         arch_name = engine.MODEL_CHOICES.get(choice, ("", {}))[1].get("name", "")
-        return (f"**Could not load {label}**: its weights are not on this server and cannot be "
-                "downloaded from here (the Hugging Face Hub is unreachable or switched off). Run "
-                f"the app where the Hub is reachable, or {local_route(arch_name)}. {keep}")
+        return (f"**Could not load {label}**: {err.problem.rstrip('.')}. Make the Hugging Face Hub "
+                "reachable from this server (or start the app with HF_ENDPOINT set to a mirror) "
+                f"and choose it again, or {local_route(arch_name)}. {keep}")
     return f"**Could not load {label}**: {str(err).strip() or type(err).__name__}. {keep}"

@@ -227,7 +227,8 @@ def test_app_switches_to_real_clip_and_keeps_it_on_failure(b32, hub, monkeypatch
     t = time.perf_counter()
     msg, labels, value = H.load_model("ViT-B-16/openai", "", "", session=sid)
     assert time.perf_counter() - t < FAST
-    assert "Could not load" in msg and "make the Hugging Face Hub reachable" in msg and "kept" in msg
+    assert "Could not load" in msg and "Make the Hugging Face Hub reachable" in msg and "stays in use" in msg
+    assert "timm/vit_base_patch16_clip_224.openai" in msg                 # names the repository
     assert "pr.load_model" not in msg and labels is None and value == "ViT-B-32/openai"
     assert store.session(sid).model_key == "ViT-B-32/openai"
     cut = tmp_path / "cut.safetensors"                               # a corrupt upload: refused plainly
