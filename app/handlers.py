@@ -27,7 +27,7 @@ import patchrank as pr
 from patchrank.bundled import BUNDLED_DIR
 from patchrank.errors import ModelMismatch, PatchRankError
 
-from . import engine, example_cache, messages, plots, render
+from . import engine, example_cache, messages, plots, render, scene_note
 from .progress import downloaded_mb, downloads_shown, with_eta
 from .inputs import InputError, check_choice, check_ratio, file_path, load_image, parse_labels
 from .store import LRU, MAX_PREDICTORS_PER_SESSION, session as get_session
@@ -376,6 +376,7 @@ def status_md(a: Analysis) -> str:
                  + (" Golden ranking in progress..." if golden_pending(a) else ""))
     if a.notes:
         lines.append("**Input** " + "; ".join(a.notes) + ".")
+    lines += scene_note.status_lines(a)           # a photo on the bundled model: say what it knows
     if "predictor" in a.missing:
         why = a.missing["predictor"]
         lines.append(f"**No predictor for this model**: {why}."

@@ -33,13 +33,20 @@ def outputs(a: Any) -> dict[str, Any]:
     if verdict.is_scene:
         return {"scene_note": "", "scene_box": False}
     classes = ", ".join(a.model.classnames or ())
-    name = REAL_CLIP.replace("/", " / ")
     md = (f"**This image is not like anything the bundled model knows.** It is a small CLIP "
           f"trained only on synthetic scenes: one clothing item ({classes}) on a blurred, greyish "
           f"background. This image differs in {verdict.reason()}, so its top-5 and rankings say "
-          f"little about it. For real photos, switch to a real CLIP ({name}; about "
+          f"little about it. For real photos, switch to a real CLIP ({REAL_CLIP}; about "
           f"{REAL_CLIP_MB} MB downloaded the first time).")
     return {"scene_note": md, "scene_box": True}
+
+
+def status_lines(a: Any) -> list[str]:
+    """One line for the status (what ``/analyze`` returns) when the note applies."""
+    if a.model.name != "bundled" or scene_check.check(a.view).is_scene:
+        return []
+    return [f"**Not a scene**: the bundled model knows only {len(a.model.classnames or ())} clothing "
+            f"classes in synthetic scenes; for a photo, load a real CLIP ({REAL_CLIP})."]
 
 
 def components(c: dict[str, Any]) -> None:

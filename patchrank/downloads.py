@@ -52,7 +52,8 @@ class Bar:
                  **_ignored) -> None:
         self._watch = _WATCHER.get()
         self._lock = threading.Lock()
-        self.transfer = Transfer(str(desc or "file"), int(total) if total else None, int(initial or 0))
+        name = str(desc or "file").rsplit("/", 1)[-1]     # huggingface_hub passes a URL's tail
+        self.transfer = Transfer(name, int(total) if total else None, int(initial or 0))
         self.n, self.total = self.transfer.done, self.transfer.total
         self._tell()
 
