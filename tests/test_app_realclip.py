@@ -254,3 +254,25 @@ def test_client_note_switch_list_and_choose(served):
         c.predict("hf-hub:USER/elsewhere", api_name="/choose_predictor")
     out = c.predict(handle_file(str(S.EXAMPLE)), "fast", 0.5, "golden", "predictor", api_name="/analyze")
     assert "Not a scene" not in out[5] and "listed hf-hub:" in out[5]
+
+
+# -- one page load in a real browser ------------------------------------------------------------------
+def test_browser_photo_shows_note_and_switch_button(tmp_path, monkeypatch):
+    """Upload a photo on the bundled model: the note and the switch button appear."""
+    from tests.test_app_browser import ARGS, _browser_or_skip
+    chromium, sync_playwright = _browser_or_skip()
+    S.fast_golden(monkeypatch)
+    with S.running_app(golden_mode="fast") as url, sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1400, "height": 1400})
+            page.set_default_timeout(120_000)
+            page.goto(url, wait_until="networkidle")
+            assert not page.locator("#pr-real-clip").is_visible()
+            page.set_input_files("#pr-image input[type=file]", str(S.EXAMPLE))
+            page.wait_for_selector("#pr-real-clip", state="visible")
+            note = page.inner_text("#pr-scene-note")
+            assert "not like anything the bundled model knows" in note and "sandal" in note
+            assert scene_note.REAL_CLIP in page.inner_text("#pr-real-clip")
+        finally:
+            browser.close()
