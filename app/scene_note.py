@@ -9,6 +9,7 @@ which goes through the normal model-switch path (``events.on_pick_model``).
 """
 from __future__ import annotations
 
+import threading
 from typing import Any, Iterator
 
 import gradio as gr
@@ -50,7 +51,9 @@ def status_lines(a: Any) -> list[str]:
 
 
 def components(c: dict[str, Any]) -> None:
-    """The note and the switch button, hidden until an image needs them."""
+    """The note and the switch button, hidden until an image needs them. The scenes' ranges
+    (about 1 s, once) are computed in the background now instead of in the first analysis."""
+    threading.Thread(target=scene_check.scene_ranges, daemon=True, name="scene-ranges").start()
     with gr.Group(visible=False, elem_id="pr-scene-box") as c["scene_box"]:
         c["scene_note"] = gr.Markdown(elem_id="pr-scene-note")
         c["real_btn"] = gr.Button(f"Switch to real CLIP ({REAL_CLIP})", variant="primary",

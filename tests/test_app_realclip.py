@@ -131,6 +131,22 @@ def test_golden_bar_says_time_left(monkeypatch):
                     "golden ranking: image 1/1, 98 variants · about 4 s left"]
 
 
+def test_real_clip_golden_reports_time_left_in_both_modes(b32, monkeypatch):
+    """The real golden search on ViT-B-32 (the stand-in's weights): each mode's bar moves and
+    says how long is left."""
+    monkeypatch.setattr(engine, "REGISTRY", engine.ModelRegistry())
+    engine.REGISTRY._others.put("ViT-B-32/openai", b32[0])
+    sid = "realclip-eta"
+    store.session(sid).model_key = "ViT-B-32/openai"
+    for mode in ("exact", "fast"):
+        H.ANALYSES.clear()
+        calls = []
+        H.analyze(str(S.EXAMPLE), mode, session=sid, progress=lambda f, desc="": calls.append((f, desc)))
+        golden = [(f, d) for f, d in calls if d.startswith("golden ranking: image 1/1")]
+        assert len(golden) >= 4 and [f for f, _ in golden] == sorted(f for f, _ in golden), mode
+        assert any(d.endswith(" left") and "· about" in d for _, d in golden), (mode, golden[-1])
+
+
 # -- item 5b: a photo on the bundled model ------------------------------------------------------------
 def test_scene_check_separates_the_scenes_from_the_example_photos(bundled):
     views = [render.model_view(im, bundled.image_size, bundled.grid)
