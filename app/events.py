@@ -24,7 +24,7 @@ from . import engine, handlers as H, state as S
 #: Outputs of an image (re)analysis, in the order ``app.ui`` lists their components.
 IMAGE_KEYS = S.RESULT_KEYS + ("right", "image")
 #: Outputs of a model switch that come before the image's.
-MODEL_KEYS = ("model_status", "labels", "model", "local_box", "golden_mode")
+MODEL_KEYS = ("model_status", "labels", "model", "local_box", "golden_mode", "pred_menu")
 
 
 def image_input(**kwargs) -> gr.Image:
@@ -85,7 +85,7 @@ def pack(results: dict[str, Any], keys: tuple[str, ...], labels: bool = True) ->
         elif isinstance(v, S.Out):
             labelled = labels and v.label
             out.append(gr.update(value=_files(v.value), label=v.label) if labelled else _files(v.value))
-        elif key == "local_box":
+        elif key.endswith("_box"):                 # a group shown or hidden
             out.append(gr.update(visible=bool(v)))
         else:
             out.append(_files(v))
@@ -152,7 +152,8 @@ def _load_stream(load, choice, image, golden_mode, ratio, left, right, labels, u
                    MODEL_KEYS + IMAGE_KEYS)
         return
     golden_mode = H.default_golden_mode(sid)
-    yield pack({"model_status": msg, "labels": new_labels, "model": value,
+    from .predictors import menu_update        # (imports this module)
+    yield pack({"model_status": msg, "labels": new_labels, "model": value, "pred_menu": menu_update(sid),
                 "local_box": value == "local", "golden_mode": golden_mode}, MODEL_KEYS + IMAGE_KEYS)
     view = S.view_of(ratio, left, right, new_labels, use_tokens)
     for d in S.image_stream(image, golden_mode, view, session=sid, progress=progress):

@@ -27,7 +27,8 @@ import patchrank as pr
 from patchrank.bundled import BUNDLED_DIR
 from patchrank.errors import ModelMismatch, PatchRankError
 
-from . import engine, messages, plots, render
+from . import engine, example_cache, messages, plots, render, scene_note
+from .progress import downloaded_mb, downloads_shown, with_eta
 from .inputs import InputError, check_choice, check_ratio, file_path, load_image, parse_labels
 from .store import LRU, MAX_PREDICTORS_PER_SESSION, session as get_session
 
@@ -219,10 +220,9 @@ def ensure_golden(a: Analysis, progress: Progress = None) -> None:
         report = _progress_fn(progress)
         report(None, f"golden ranking ({engine.GOLDEN_MODES[a.golden_mode]})")
         t = time.perf_counter()
-        try:
-            a.orders["golden"] = engine.golden_order(
-                a.model, a.x, a.golden_mode,
-                progress=lambda f, desc="golden ranking": report(f, desc))
+        try:                    # the examples' cache first; the bar says the time left
+            a.orders["golden"] = example_cache.golden_order(a.model, a.x, a.golden_mode,
+                                                            progress=with_eta(report))
         except (PatchRankError, engine.EngineMissing) as e:
             a.missing["golden"] = str(e)
         a.seconds["golden"] = time.perf_counter() - t
@@ -376,13 +376,15 @@ def status_md(a: Analysis) -> str:
                  + (" Golden ranking in progress..." if golden_pending(a) else ""))
     if a.notes:
         lines.append("**Input** " + "; ".join(a.notes) + ".")
+    lines += scene_note.status_lines(a)           # a photo on the bundled model: say what it knows
     if "predictor" in a.missing:
         why = a.missing["predictor"]
         lines.append(f"**No predictor for this model**: {why}."
                      + ("" if "train-predictor" in why else f" {TRAIN_HINT}")
                      + " Until then, compare the golden ranking with the training-free rankers.")
     elif a.predictor_source and a.predictor_source != "bundled":
-        lines.append(f"**Predictor** uploaded file `{a.predictor_source}`.")
+        src = a.predictor_source
+        lines.append(f"**Predictor** {src}." if src.startswith("listed ") else f"**Predictor** uploaded file `{src}`.")
     other = {k: v for k, v in a.missing.items() if k != "predictor"}
     if other:
         lines.append("**Not available**: " + "; ".join(f"{plots.display_name(k)}: {v}"
@@ -635,7 +637,8 @@ def load_model(choice: str, arch: str = "", path: str = "", *, session: str | No
     report(0.05, f"loading {choice}")
     t = time.perf_counter()
     try:
-        key, m = engine.REGISTRY.load(choice, arch, path)
+        with downloads_shown(report, choice) as seen:     # size in MB and time left on the bar
+            key, m = engine.REGISTRY.load(choice, arch, path)
     except Exception as e:  # any reason a load fails is told to the user; the app carries on
         prev = sess.model_key
         msg = messages.model_load_failure(choice, arch, path, e, prev)
@@ -646,7 +649,9 @@ def load_model(choice: str, arch: str = "", path: str = "", *, session: str | No
     sess.model_key = key
     sess.analysis = None
     pred, why = _predictor_for(sess, m)
-    msg = f"**Loaded** {engine.describe(m)} ({dt:.1f} s)."
+    got = f", {downloaded_mb(seen):.0f} MB downloaded" if seen else ""
+    msg = f"**Loaded** {engine.describe(m)} ({dt:.1f} s{got})."
+    example_cache.WARMER.follow(key, m, default_golden_mode(session), example_files())
     if pred is None:
         msg += (f"  \n**No predictor for this model**: {why}."
                 + ("" if "train-predictor" in why else f" {TRAIN_HINT}"))

@@ -18,13 +18,13 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from . import engine, handlers as H, plots, render
+from . import engine, handlers as H, plots, render, scene_note
 from .inputs import MAX_RATIO, MIN_RATIO, InputError, parse_labels
 from .store import session as get_session
 
 #: Every output a new image (or a refused or removed one) replaces, in ``app.ui``'s order.
 RESULT_KEYS = ("heat_l", "heat_r", "mask_l", "mask_r", "agreement", "top_full", "top_l",
-               "top_r", "cost", "curve", "curve_md", "files", "status")
+               "top_r", "cost", "curve", "curve_md", "files", "status", "scene_note", "scene_box")
 #: What a keep-ratio or ranker change redraws (the curve and exports do not depend on them).
 VIEW_KEYS = RESULT_KEYS[:9]
 #: What a change of class labels redraws.
@@ -210,7 +210,8 @@ def image_stream(image: Any, golden_mode: str, view: View, *, session: str | Non
     if H.golden_pending(a):            # top-5 and costs wait for the golden side
         first.update(cleared("", keys=("top_full", "top_l", "top_r")))
         first["cost"] = "Computing the golden ranking; top-5 and costs follow."
-    yield {**out, **first, "curve": None, "curve_md": "", "files": None, "status": H.status_md(a)}
+    yield {**out, **first, "curve": None, "curve_md": "", "files": None, "status": H.status_md(a),
+           **scene_note.outputs(a)}
     if H.golden_pending(a):
         H.ensure_golden(a, progress)
         if sess.analysis is not a:     # another image arrived meanwhile: its stream takes over

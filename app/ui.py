@@ -18,7 +18,7 @@ from typing import Any
 
 import gradio as gr
 
-from . import engine, events as E, handlers as H, state as S
+from . import engine, events as E, example_cache, handlers as H, predictors as P, scene_note, state as S
 from .inputs import MAX_RATIO, MIN_RATIO
 
 QUEUE_MAX = 32
@@ -42,6 +42,7 @@ def build_demo(golden_mode: str = "exact") -> gr.Blocks:
     search selected at start ("exact" or "fast")."""
     m = engine.REGISTRY.bundled()              # load once at startup; shared read-only
     E.preload_on_spaces()
+    example_cache.WARMER.follow("bundled", m, golden_mode, H.example_files())   # examples' golden
     # gradio cache: every 10 min, files older than 20 min go (panels are fetched within seconds)
     with gr.Blocks(title="PatchRank", delete_cache=(600, 1200)) as demo:
         gr.Markdown(INTRO)
@@ -64,6 +65,7 @@ def _inputs_column(c: dict[str, Any], m, golden_mode: str) -> None:
     """Image, golden mode, labels, model and predictor (components stored in ``c``)."""
     c["image"] = E.image_input(label="Image", sources=["upload", "clipboard"], height=300,
                                elem_id="pr-image")
+    scene_note.components(c)              # "not a scene" note + switch to real CLIP (hidden)
     c["golden_mode"] = gr.Radio([(v, k) for k, v in engine.GOLDEN_MODES.items()], value=golden_mode,
                                 label="Golden ranking", elem_id="pr-golden-mode",
                                 info="fast mode: for large models on CPU; approximate")
@@ -84,6 +86,7 @@ def _inputs_column(c: dict[str, Any], m, golden_mode: str) -> None:
             c["load_btn"] = gr.Button("Load model", elem_id="pr-load")
         c["model_status"] = gr.Markdown(f"**Model** {engine.describe(m)}.", label="Model status",
                                         elem_id="pr-model-status")
+        P.components(c)                   # predictors listed for the model
         c["pred_file"] = gr.File(label="Predictor file for this model (.safetensors)",
                                  file_types=[".safetensors"], type="filepath")
         c["pred_status"] = gr.Markdown(label="Predictor status", elem_classes="pr-note")
@@ -197,6 +200,8 @@ def _wire(c: dict[str, Any]) -> None:
     c["load_btn"].click(E.on_load_button, model_in, model_out, **raw, **private, **model_kw)
     c["pred_file"].upload(E.on_predictor_file, [c["pred_file"]] + image_in, [c["pred_status"]] + image_out,
                           **raw, **private, **model_kw)
+    P.wire(c, image_in, image_out, model_kw)
+    scene_note.wire(c, model_in, model_out, model_kw)
     _wire_api(c, model_kw, draw_kw)
 
 

@@ -55,7 +55,8 @@ def fetch(repo: str, filename: str, *, what: str, hints: dict[str, str] | None =
         cached = try_to_load_from_cache(repo, filename)
         if not isinstance(cached, str) and not constants.HF_HUB_OFFLINE:
             _check_reachable(repo, filename)
-        return hf_hub_download(repo, filename)
+        from .downloads import bar_class            # a watcher (the app) sees size and bytes
+        return hf_hub_download(repo, filename, tqdm_class=bar_class())
     except PatchRankError:
         raise
     except Exception as e:  # huggingface_hub's, httpx's or the OS's: all say the same to the user

@@ -19,6 +19,7 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("PATCHRANK_APP_TMP", tempfile.mkdtemp(prefix="patchrank-app-test-"))
+os.environ.setdefault("PATCHRANK_EXAMPLE_CACHE", "0")   # the background ranking: its own tests only
 
 REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:      # `import app` must find the app/ package at the repo root
