@@ -70,7 +70,7 @@ def main() -> None:
     import torch
     torch.set_num_threads(2)
     import gradio as gr
-    from app import handlers as H, engine
+    from app import curve as C, engine, handlers as H
     engine.REGISTRY.bundled()
     sid, left, right, labels = "bench", "golden", "attention", "top, sandal, bag, sneaker, ankle boot"
     H.ANALYSES.clear()
@@ -81,7 +81,7 @@ def main() -> None:
     t2 = time.perf_counter()
     H.prune(0.5, left, right, labels, session=sid)
     t3 = time.perf_counter()
-    H.curve(labels, session=sid)
+    C.curve(labels, session=sid)
     t4 = time.perf_counter()
     out["first_analysis"] = {"golden_mode": a.golden_mode, "first_overlays_s": round(t1 - t0, 3),
                              "golden_s": round(t2 - t1, 3), "prune_s": round(t3 - t2, 3),
