@@ -108,8 +108,9 @@ def min_keep_note(d: dict | None, left: str, right: str) -> str:
     """The slider's line: the smallest keep ratio that keeps the top-1 for the two sides."""
     if not d:
         return "drag, use the arrow keys or type a ratio"
-    got = [f"{plots.display_name(n)} {d['rankers'][n]['min_keep']:.2f}"
+    got = [f"{'golden' if n == 'golden' else plots.display_name(n)} {d['rankers'][n]['min_keep']:.2f}"
            for n in dict.fromkeys((left, right)) if n in d["rankers"]]
     if not got:
         return "drag, use the arrow keys or type a ratio"
-    return f"smallest keep ratio that keeps the top-1 ({d['top_class']}): " + ", ".join(got)
+    return (f"▲ smallest keep ratio that keeps the top-1 (**{d['top_class']}**): " + ", ".join(got)
+            + " (left, right; ▲ on the curve below for every ranker)")

@@ -434,6 +434,9 @@ def status_md(a: Analysis) -> str:
                  + (" Golden ranking in progress..." if golden_pending(a) else ""))
     if a.notes:
         lines.append("**Input** " + "; ".join(a.notes) + ".")
+    if a.golden_kwargs or m.prune_layer != engine.REGISTRY.get(a.model_key).prune_layer:
+        lines.append(f"**Settings** pruned at block {m.prune_layer}; golden ranking "
+                     f"{golden_title(a) or 'label-free'}.")
     if "predictor" in a.missing:
         why = a.missing["predictor"]
         lines.append(f"**No predictor for this model**: {why}."

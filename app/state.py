@@ -197,11 +197,12 @@ def min_keep_md(session: str | None) -> str:
     return C.min_keep_note(sess.curve, view.left, view.right)
 
 
-def golden_choices(session: str | None) -> Any:
-    """The golden target menu for the session's labels (and its current choice)."""
+def golden_choices(session: str | None, labels: Any = None) -> Any:
+    """The golden target menu for the session's labels, or ``labels`` (and its current choice)."""
     sess = get_session(session)
     try:
-        names = parse_labels(getattr(sess.view, "labels", ""), presets=[engine.IMAGENET_LABELS])
+        names = parse_labels(getattr(sess.view, "labels", "") if labels is None else labels,
+                             presets=[engine.IMAGENET_LABELS])
     except InputError:
         names = []
     choices = [(v, k) for k, v in engine.GOLDEN_TARGETS.items()]

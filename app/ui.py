@@ -29,13 +29,19 @@ CSS = """
 .pr-note { font-size: 0.9em; color: #555; }
 #pr-agreement p, #pr-minkeep p, #pr-patch p { margin: 0.1em 0; }
 #pr-agreement, #pr-minkeep { font-size: 0.92em; }
+#pr-title h3 { margin: 0; }
+@media (max-width: 1000px) {   /* one column: panels as wide as the page, captions readable */
+  .pr-panel, .pr-panel .image-container, .pr-panel .image-frame { height: auto !important; }
+  .pr-panel img { width: 100% !important; max-height: none !important; object-fit: contain; }
+}
+#pr-title .pr-note { font-weight: normal; font-size: 0.8em; }
 .pr-top .output-class { font-size: 1.05em !important; padding: 4px 8px !important; }
 .pr-top .confidence-set { padding: 1px 0 !important; }
 """
 DEFAULT_RATIO = 0.5
-TITLE = """## PatchRank: which image patches does CLIP need?
-Upload an image or click an example: both sides rank its patches, the slider keeps the top fraction and
-prunes the rest inside the model, and the top-5 shows what the pruned model still predicts."""
+TITLE = ("### PatchRank: which image patches does CLIP need? <span class='pr-note'>Upload an image "
+         "or click an example; the slider keeps each side's most important patches and the top-5 "
+         "shows what the pruned model still predicts.</span>")
 INTRO = """The **golden ranking** (one-shot leave-one-out: each patch removed alone at the pruning layer, ranked
 by how far that moves the image embedding; the paper's greedy search is `python -m patchrank golden --mode greedy`)
 and the learned **predictor** order its patches by importance; the slider keeps the top fraction and prunes the rest at the input
@@ -51,17 +57,17 @@ def build_demo(golden_mode: str = "exact") -> gr.Blocks:
     E.preload_on_spaces()
     # gradio cache: every 10 min, files older than 20 min go (panels are fetched within seconds)
     with gr.Blocks(title="PatchRank", delete_cache=(600, 1200)) as demo:
-        gr.Markdown(TITLE)
-        with gr.Accordion("About the rankings", open=False):
-            gr.Markdown(INTRO)
+        gr.Markdown(TITLE, elem_id="pr-title")
         with gr.Tab("Explore"):
             c: dict[str, Any] = {}
             with gr.Row():
                 with gr.Column(scale=1, min_width=300):
                     _inputs_column(c, m, golden_mode)
-                with gr.Column(scale=3):
+                with gr.Column(scale=3, min_width=560):     # narrower pages: one column
                     _panels_column(c)
             _results_rows(c)
+            with gr.Accordion("About the rankings", open=False):
+                gr.Markdown(INTRO)
         with gr.Tab("Trade-offs"):
             _tradeoff_tab(demo)
         _wire(c)
@@ -85,7 +91,8 @@ def _inputs_column(c: dict[str, Any], m, golden_mode: str) -> None:
         c["golden_mode"] = gr.Radio([(v, k) for k, v in engine.GOLDEN_MODES.items()], value=golden_mode,
                                     label="Golden ranking", elem_id="pr-golden-mode",
                                     info="fast mode: for large models on CPU; approximate")
-        c["golden_target"] = gr.Dropdown(S.golden_choices(None)["choices"], value="similarity",
+        c["golden_target"] = gr.Dropdown(S.golden_choices(None, engine.labels_for(m))["choices"],
+                                         value="similarity", allow_custom_value=True,
                                          label="Golden ranking scores", elem_id="pr-golden-target",
                                          info="what must survive pruning: the whole embedding, or "
                                               "what supports one class (a class-conditioned search)")
@@ -132,7 +139,7 @@ def _panels_column(c: dict[str, Any]) -> None:
     with gr.Row():
         c["left"] = gr.Dropdown(rankers, value="golden", label="Left ranker", elem_id="pr-left")
         c["right"] = gr.Dropdown(rankers, value="predictor", label="Right ranker", elem_id="pr-right")
-    panel = dict(type="pil", format="jpeg", interactive=False, elem_classes="pr-panel", height=300)
+    panel = dict(type="pil", format="jpeg", interactive=False, elem_classes="pr-panel", height=270)
     with gr.Tabs(elem_id="pr-panels"):
         with gr.Tab("Kept / pruned at this ratio", id="masks"):
             with gr.Row():
@@ -148,16 +155,15 @@ def _panels_column(c: dict[str, Any]) -> None:
                                label="Keep ratio (fraction of patches kept)", elem_id="pr-ratio")
         c["reset"] = gr.Button(f"↺ {DEFAULT_RATIO:.2f}", size="sm", scale=0, min_width=70,
                                elem_id="pr-reset")
-        c["use_tokens"] = gr.Checkbox(False, label="add learnable tokens after pruning", scale=1,
-                                      info="recover accuracy (phase III); bundled model",
-                                      elem_id="pr-tokens")
+        c["use_tokens"] = gr.Checkbox(False, label="add learnable tokens after pruning (phase III)",
+                                      scale=1, elem_id="pr-tokens")
     c["minkeep"] = gr.Markdown(elem_id="pr-minkeep", elem_classes="pr-note")
-    c["agreement"] = gr.Markdown(label="Keep count and agreement", elem_id="pr-agreement")
     with gr.Row():
         top = dict(num_top_classes=5, elem_classes="pr-top", min_width=200)
         c["top_full"] = gr.Label(label="Full model: top-5", elem_id="pr-top-full", **top)
         c["top_l"] = gr.Label(label="Left ranker, pruned: top-5", elem_id="pr-top-left", **top)
         c["top_r"] = gr.Label(label="Right ranker, pruned: top-5", elem_id="pr-top-right", **top)
+    c["agreement"] = gr.Markdown(label="Keep count and agreement", elem_id="pr-agreement")
     c["patch"] = gr.Markdown("*Click a patch on any panel to see its rank under every ranker.*",
                              elem_id="pr-patch", elem_classes="pr-note")
 
