@@ -46,6 +46,9 @@ def accuracy_figure(res: figures.SweepResults, focus: bool = True) -> go.Figure:
     """Accuracy vs GFLOPs (the engine's figure); with ``focus`` the y axis covers the methods
     that are not off scale and the ones that are get a note on the figure."""
     fig = figures.tradeoff_figure(res, "gflops", title=f"Accuracy vs GFLOPs — {describe(res)}")
+    # a half-width panel: the legend goes below the axis title, in small type, with room for it
+    fig.update_layout(height=600, margin=dict(l=55, r=15, t=55, b=10),
+                      legend=dict(orientation="h", yanchor="top", y=-0.16, font=dict(size=10)))
     rng, out = figures.focus_range(res), figures.off_scale(res)
     if focus and rng is not None:
         fig.update_yaxes(range=[100 * rng[0], 100 * rng[1]])
@@ -87,7 +90,7 @@ def latency_figure(res: figures.SweepResults) -> go.Figure:
     fig.update_layout(title=f"Latency vs keep ratio, batch 1 — {describe(res)}", template="plotly_white",
                       xaxis_title="keep ratio (fraction of patches kept)",
                       yaxis_title="ms per image (bar: fastest run to slowest median)",
-                      height=420, margin=dict(l=55, r=20, t=55, b=45), showlegend=False)
+                      height=600, margin=dict(l=55, r=20, t=55, b=45), showlegend=False)
     return fig
 
 
