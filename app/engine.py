@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -171,17 +172,31 @@ _PREDICTORS: LRU = LRU(8)
 def _shipped(cache: LRU, m: pr.PatchModel, load: Callable[[pr.PatchModel], Any],
              what: str) -> tuple[Any | None, str]:
     """A file shipped for ``m`` (predictor, tokens), loaded once per model; else (None, why)."""
-    hit = cache.get(m.model_id)
+    key = (m.model_id, m.prune_layer)
+    hit = cache.get(key)
     if hit is None:
         try:
             hit = (load(m), "")
-        except ModelMismatch:
+        except ModelMismatch as e:
             tag = f"/{m.pretrained}" if m.pretrained else ""
-            hit = (None, f"no {what} trained for {m.name}{tag} ships with PatchRank yet")
+            hit = (None, layer_reason(what, e) or f"no {what} trained for {m.name}{tag} ships with PatchRank yet")
         except (WeightsUnavailable, FileNotFoundError) as e:
             hit = (None, f"no {what} file is available ({e})")
-        cache.put(m.model_id, hit)
+        cache.put(key, hit)
     return hit
+
+
+def layer_reason(what: str, err: Exception) -> str:
+    """The plain reason a predictor or token file refused another prune layer ("" if the file
+    was refused for something else): it exists only for the block it was trained at."""
+    found = re.search(r"at block (\d+) but model .* prunes at block (\d+)", str(err))
+    if not found:
+        return ""
+    made, now = found.groups()
+    return (f"the {what} was trained for pruning at block {made} and exists only for that layer "
+            f"(this analysis prunes at block {now}); move the prune layer back to {made}, or "
+            "train one for this layer: `python -m patchrank golden --prune-layer "
+            f"{now}` then `train-predictor` on those rankings")
 
 
 def bundled_predictor(m: pr.PatchModel) -> tuple[PredictorInfo | None, str]:
@@ -216,11 +231,48 @@ def _golden_kwargs(m: pr.PatchModel, mode: str) -> dict:
     return kwargs
 
 
+#: What the golden search scores: the label-free embedding similarity (default), the full
+#: model's predicted class among the labels ("max"), or one named class ("class:<label>").
+GOLDEN_TARGETS = {"similarity": "the whole embedding (label-free)",
+                  "max": "the predicted class (of the labels)"}
+
+
+def golden_target_kwargs(target: str, labels: list[str]) -> dict:
+    """``golden_ranking`` arguments for a target: "similarity", "max" or "class:<label>" (the
+    ``label`` score for that class; a class not among ``labels`` is added to them)."""
+    if target == "similarity":
+        return {}
+    if target == "max":
+        return {"score": "max", "classnames": list(labels)}
+    if not target.startswith("class:") or not target[6:].strip():
+        raise PatchRankError(f"golden target must be similarity, max or class:<label>, got {target!r}")
+    name = target[6:].strip()
+    names = list(labels) if name in labels else [*labels, name]
+    return {"score": "label", "labels": [names.index(name)], "classnames": names}
+
+
 def golden_order(m: pr.PatchModel, x: torch.Tensor, mode: str,
-                 progress: Callable[[float, str], None] | None = None) -> np.ndarray:
-    """Golden ranking (label-free similarity score) of one image: order [P], best first."""
+                 progress: Callable[[float, str], None] | None = None, target: dict | None = None) -> np.ndarray:
+    """Golden ranking of one image: order [P], best first. ``target``: ``golden_target_kwargs``
+    (default: the label-free similarity score)."""
+    kwargs = {**_golden_kwargs(m, mode), **(target or {})}
     with torch.inference_mode():
-        return _order(golden.golden_ranking(m, x, progress=progress, **_golden_kwargs(m, mode)).order)
+        return _order(golden.golden_ranking(m, x, progress=progress, **kwargs).order)
+
+
+_AT_LAYER: LRU = LRU(8)
+
+
+def at_layer(m: pr.PatchModel, k: int | None) -> pr.PatchModel:
+    """``m`` pruning at block ``k`` (None: its default), one shared instance per (model, k)."""
+    if k is None or k == m.prune_layer:
+        return m
+    return _AT_LAYER.setdefault((id(m), m.model_id, k), lambda: m.at_layer(k))
+
+
+def patch_ranks(order: np.ndarray) -> np.ndarray:
+    """Rank of every patch (0 = kept first) under an order: the engine's inverse permutation."""
+    return metrics.ranks(torch.as_tensor(order, dtype=torch.long)[None])[0].numpy()
 
 
 def ranker_gflops(m: pr.PatchModel, name: str, golden_mode: str,

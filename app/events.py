@@ -19,12 +19,14 @@ from typing import Any, Iterator
 import gradio as gr
 from PIL import Image
 
-from . import engine, handlers as H, state as S
+from . import curve as C, engine, exports as X, handlers as H, state as S, tradeoffs as T
 
 #: Outputs of an image (re)analysis, in the order ``app.ui`` lists their components.
 IMAGE_KEYS = S.RESULT_KEYS + ("right", "image")
 #: Outputs of a model switch that come before the image's.
-MODEL_KEYS = ("model_status", "labels", "model", "local_box", "golden_mode", "pred_menu")
+MODEL_KEYS = ("model_status", "labels", "model", "local_box", "golden_mode", "pred_menu", "layer")
+#: Outputs of the ranker menus: what depends on the view, and the slider's minimum-keep line.
+RANKER_KEYS = S.VIEW_KEYS + ("minkeep",)
 
 
 def image_input(**kwargs) -> gr.Image:
@@ -123,7 +125,8 @@ def on_ratio(ratio, left, right, labels, use_tokens, request: gr.Request) -> Ite
 def on_rankers(ratio, left, right, labels, use_tokens, request: gr.Request) -> tuple:
     """Another ranker on either side: both rankings, masks, agreement, top-5 and costs."""
     view = S.view_of(ratio, left, right, labels, use_tokens)
-    return pack(S.draw(_sid(request), heat=True, view=view), S.VIEW_KEYS)
+    d = S.draw(_sid(request), heat=True, view=view)
+    return pack({**d, "minkeep": S.min_keep_md(_sid(request))}, RANKER_KEYS)
 
 
 def on_labels(ratio, left, right, labels, use_tokens, request: gr.Request,
@@ -133,10 +136,10 @@ def on_labels(ratio, left, right, labels, use_tokens, request: gr.Request,
     sess = H.get_session(_sid(request))
     view = S.view_of(ratio, left, right, labels, use_tokens)
     if sess.view == view and sess.curve_labels == labels and sess.analysis is not None:
-        yield pack({}, S.LABEL_KEYS)
+        yield pack({}, S.LABEL_OUT)
         return
     for d in S.labels_stream(view, session=_sid(request), progress=progress):
-        yield pack(d, S.LABEL_KEYS)
+        yield pack(d, S.LABEL_OUT)
 
 
 def _load_stream(load, choice, image, golden_mode, ratio, left, right, labels, use_tokens,
@@ -154,7 +157,8 @@ def _load_stream(load, choice, image, golden_mode, ratio, left, right, labels, u
     golden_mode = H.default_golden_mode(sid)
     from .predictors import menu_update        # (imports this module)
     yield pack({"model_status": msg, "labels": new_labels, "model": value, "pred_menu": menu_update(sid),
-                "local_box": value == "local", "golden_mode": golden_mode}, MODEL_KEYS + IMAGE_KEYS)
+                "local_box": value == "local", "golden_mode": golden_mode,
+                "layer": S.layer_update(H._model_for(H.get_session(sid))[1])}, MODEL_KEYS + IMAGE_KEYS)
     view = S.view_of(ratio, left, right, new_labels, use_tokens)
     for d in S.image_stream(image, golden_mode, view, session=sid, progress=progress):
         yield pack({}, MODEL_KEYS) + pack(d, IMAGE_KEYS)
@@ -228,12 +232,12 @@ def on_prune(ratio, left, right, labels, use_tokens, request: gr.Request) -> tup
 
 def on_curve(labels, request: gr.Request, progress=gr.Progress()) -> tuple:
     """Top-class probability vs keep ratio for every ranker, with the flip points."""
-    return H.curve(labels, session=_sid(request), progress=progress)
+    return C.curve(labels, session=_sid(request), progress=progress)
 
 
 def on_export(ratio, left, right, labels, request: gr.Request, progress=gr.Progress()) -> list[str]:
     """Overlay PNGs, rankings and the per-image curve (JSON + CSV) as downloadable files."""
-    return H.export(ratio, left, right, labels, session=_sid(request), progress=progress)
+    return X.export(ratio, left, right, labels, session=_sid(request), progress=progress)
 
 
 def on_load_model(choice, arch, path, request: gr.Request,
@@ -256,15 +260,16 @@ def on_upload_predictor(file, request: gr.Request) -> str:
     return H.upload_predictor(file, session=_sid(request))
 
 
-def on_sweep(spec, limit, include_golden, request: gr.Request,
+def on_sweep(spec, limit, include_golden, focus, request: gr.Request,
              progress=gr.Progress(track_tqdm=True)) -> tuple:
     """Accuracy / GFLOPs / latency per method and keep ratio on a labelled dataset, computed now."""
-    return H.sweep_dataset(spec, limit, include_golden, session=_sid(request), progress=progress)
+    return T.sweep_dataset(spec, limit, include_golden, focus, session=_sid(request), progress=progress)
 
 
-def on_tradeoff() -> tuple:
-    """Accuracy vs GFLOPs and vs latency from the precomputed sweep results."""
-    return H.tradeoff()
+def on_tradeoff(focus: bool = True) -> tuple:
+    """Accuracy vs GFLOPs (zoomed on the close methods when ``focus``) and latency vs keep
+    ratio (median over methods with its spread) from the precomputed sweep results."""
+    return T.tradeoff(focus=focus)
 
 
 def preload_on_spaces() -> None:

@@ -47,16 +47,18 @@ def folder() -> Path:
     return d
 
 
-def key(m, x, mode: str) -> str:
-    """Model id + golden mode and settings + hash of the preprocessed image."""
-    settings = json.dumps(engine._golden_kwargs(m, mode), sort_keys=True, default=str)
+def key(m, x, mode: str, target: dict | None = None) -> str:
+    """Model id and prune layer + golden mode, settings and target (a class-conditioned search)
+    + hash of the preprocessed image."""
+    settings = json.dumps({**engine._golden_kwargs(m, mode), **(target or {}),
+                           "prune_layer": m.prune_layer}, sort_keys=True, default=str)
     image = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()
     return hashlib.sha256(f"{m.model_id}|{mode}|{settings}|{image}".encode()).hexdigest()[:32]
 
 
-def lookup(m, x, mode: str) -> np.ndarray | None:
-    """A cached order for this model, image and mode, if one is on disk and valid."""
-    path = folder() / f"{key(m, x, mode)}.npy"
+def lookup(m, x, mode: str, target: dict | None = None) -> np.ndarray | None:
+    """A cached order for this model, image, mode and target, if one is on disk and valid."""
+    path = folder() / f"{key(m, x, mode, target)}.npy"
     try:
         order = np.load(path, allow_pickle=False)
     except (OSError, ValueError):
@@ -73,10 +75,11 @@ def store(m, x, mode: str, order: np.ndarray) -> None:
     os.replace(tmp, d / f"{key(m, x, mode)}.npy")
 
 
-def golden_order(m, x, mode: str, progress: Callable | None = None) -> np.ndarray:
+def golden_order(m, x, mode: str, progress: Callable | None = None,
+                 target: dict | None = None) -> np.ndarray:
     """What the app's analyses call: the cached order, else the engine's search (during which
-    the background thread pauses)."""
-    hit = lookup(m, x, mode)
+    the background thread pauses). ``target``: a class-conditioned search's settings."""
+    hit = lookup(m, x, mode, target)
     if hit is not None:
         if progress is not None:
             progress(1.0, "golden ranking: from the examples' cache")
@@ -85,7 +88,7 @@ def golden_order(m, x, mode: str, progress: Callable | None = None) -> np.ndarra
     with _busy_lock:
         _busy += 1
     try:
-        return engine.golden_order(m, x, mode, progress=progress)
+        return engine.golden_order(m, x, mode, progress=progress, target=target)
     finally:
         with _busy_lock:
             _busy -= 1

@@ -6,12 +6,9 @@ gradio's session hash). Bad input raises ``gr.Error`` with a message a person ca
 """
 from __future__ import annotations
 
-import csv
 import functools
 import hashlib
-import json
 import os
-import shutil
 import tempfile
 import threading
 import time
@@ -86,6 +83,8 @@ class Analysis:
     seconds: dict[str, float]
     notes: list[str]
     image_name: str = "image"
+    golden_target: str = "similarity"                # engine.GOLDEN_TARGETS key or class:<label>
+    golden_kwargs: dict = field(default_factory=dict)  # engine.golden_target_kwargs for it
     curve_embs: dict = field(default_factory=dict)   # filled by curve(): ratios + embeddings
     taus: dict = field(default_factory=dict)         # (left, right) -> Kendall tau
     prefix: torch.Tensor | None = None               # tokens entering the prune layer (merging)
@@ -116,10 +115,39 @@ def _model_for(sess) -> tuple[str, Any]:
 
 
 def _predictor_for(sess, m) -> tuple[engine.PredictorInfo | None, str]:
+    """The session's uploaded predictor for ``m`` or the shipped one; a predictor exists only
+    for the prune layer it was trained at, so at another layer there is none, and why."""
     up = sess.predictors.get(m.model_id)
-    if up is not None:
-        return up, ""
-    return engine.bundled_predictor(m)
+    if up is None:
+        return engine.bundled_predictor(m)
+    made = getattr(up.predictor, "prune_layer", None)
+    if made is not None and made != m.prune_layer:
+        return None, (f"the uploaded predictor was trained for pruning at block {made} and exists "
+                      f"only for that layer (this analysis prunes at block {m.prune_layer})")
+    return up, ""
+
+
+def analysis_model(session: str | None) -> tuple[str, Any]:
+    """The session's model at the session's prune layer (its default when none is chosen or the
+    chosen one does not exist in this model)."""
+    sess = get_session(session)
+    model_key, m = _model_for(sess)
+    k = sess.layer
+    return model_key, engine.at_layer(m, k if k is not None and 1 <= k < m.num_layers else None)
+
+
+def golden_settings(session: str | None) -> tuple[str, dict]:
+    """(golden target, ``golden_ranking`` arguments for it) from the session's choice and labels;
+    a class-conditioned target with labels that cannot be read falls back to label-free."""
+    sess = get_session(session)
+    target = sess.golden_target or "similarity"
+    if target == "similarity":
+        return target, {}
+    try:
+        names = parse_labels(getattr(sess.view, "labels", ""), presets=[engine.IMAGENET_LABELS])
+        return target, engine.golden_target_kwargs(target, names)
+    except (InputError, PatchRankError):
+        return "similarity", {}
 
 
 def _name_of(image: Any) -> str:
@@ -132,28 +160,48 @@ def _name_of(image: Any) -> str:
 
 def analyze(image: Any, golden_mode: str = "exact", *, session: str | None = None,
             progress: Progress = None, golden: bool = True) -> "Analysis":
-    """Rank the patches of ``image`` with every available ranker on the session's model.
+    """Rank the patches of ``image`` with every available ranker on the session's model, at the
+    session's prune layer, with its golden target.
 
     ``golden=False`` skips the (slow) golden search; ``ensure_golden`` adds it later. Cached: the
-    same image on the same model, predictor and golden mode is analysed once for all sessions.
-    Raises gr.Error for unreadable images."""
-    sess = get_session(session)
-    golden_mode = golden_mode if golden_mode in engine.GOLDEN_MODES else "exact"
+    same image with the same model, layer, predictor and golden settings is analysed once for
+    all sessions. Raises gr.Error for unreadable images."""
     try:
         img, notes = load_image(image)
     except InputError as e:
         raise _fail(e) from None
-    model_key, m = _model_for(sess)
-    pred, pred_why = _predictor_for(sess, m)
+    _, m = analysis_model(session)
     x = m.preprocess(img).unsqueeze(0)
+    view = render.model_view(img, m.image_size, m.grid)
+    return _analysis_of(x, view, notes, _name_of(image), golden_mode, session, progress, golden)
+
+
+def reanalyze(golden_mode: str | None = None, *, session: str | None = None,
+              progress: Progress = None, golden: bool = True) -> "Analysis":
+    """The session's current image analysed again after a setting changed (prune layer, golden
+    target or mode): the preprocessed image and its drawing do not depend on them."""
+    a = _current(session)
+    return _analysis_of(a.x, a.view, a.notes, a.image_name, golden_mode or a.golden_mode, session,
+                        progress, golden)
+
+
+def _analysis_of(x, view, notes, name, golden_mode, session, progress, golden) -> "Analysis":
+    sess = get_session(session)
+    golden_mode = golden_mode if golden_mode in engine.GOLDEN_MODES else "exact"
+    model_key, m = analysis_model(session)
+    pred, pred_why = _predictor_for(sess, m)
+    target, gkw = golden_settings(session)
     digest = hashlib.sha256(x.numpy().tobytes()).hexdigest()[:16]
-    key = f"{m.model_id}|{pred.digest if pred else '-'}|{golden_mode}|{digest}"
+    names = hashlib.sha256(repr(gkw.get("classnames", ())).encode()).hexdigest()[:8]
+    key = (f"{m.model_id}|{m.prune_layer}|{pred.digest if pred else '-'}|{golden_mode}|{target}|"
+           f"{names}|{digest}")
     lock = _ANALYSIS_LOCKS.setdefault(key, threading.Lock)
     with lock:
         hit = ANALYSES.get(key)
         if hit is None:
-            hit = _compute_analysis(key, model_key, m, img, x, golden_mode, pred, pred_why, notes,
-                                    _name_of(image), progress)
+            hit = _compute_analysis(key, model_key, m, view, x, golden_mode, pred, pred_why, notes,
+                                    name, progress)
+            hit.golden_target, hit.golden_kwargs = target, gkw
             ANALYSES.put(key, hit)
     sess.analysis = hit
     if golden:
@@ -161,10 +209,9 @@ def analyze(image: Any, golden_mode: str = "exact", *, session: str | None = Non
     return hit
 
 
-def _compute_analysis(key, model_key, m, img, x, golden_mode, pred, pred_why, notes, name,
+def _compute_analysis(key, model_key, m, view, x, golden_mode, pred, pred_why, notes, name,
                       progress) -> Analysis:
     seconds, orders, missing, mergers = {}, {}, {}, []
-    view = render.model_view(img, m.image_size, m.grid)
     report = _progress_fn(progress)
     report(0.0, "full forward")
     t = time.perf_counter()
@@ -222,7 +269,8 @@ def ensure_golden(a: Analysis, progress: Progress = None) -> None:
         t = time.perf_counter()
         try:                    # the examples' cache first; the bar says the time left
             a.orders["golden"] = example_cache.golden_order(a.model, a.x, a.golden_mode,
-                                                            progress=with_eta(report))
+                                                            progress=with_eta(report),
+                                                            target=a.golden_kwargs or None)
         except (PatchRankError, engine.EngineMissing) as e:
             a.missing["golden"] = str(e)
         a.seconds["golden"] = time.perf_counter() - t
@@ -248,16 +296,26 @@ def _current(session: str | None) -> Analysis:
 
 
 # -- drawing the panels ---------------------------------------------------------------------------
-def _heat_panel(a: Analysis, name: str, ratio: float):
+def golden_title(a: Analysis) -> str:
+    """What the golden search scored, for panel titles: "" when label-free."""
+    kw = a.golden_kwargs
+    if not kw:
+        return ""
+    if kw.get("score") == "max":
+        return "for the predicted class"
+    return f"for '{kw['classnames'][kw['labels'][0]]}'"
+
+
+def _heat_panel(a: Analysis, name: str, ratio: float, opacity: float = render.HEAT_ALPHA):
     title = plots.display_name(name)
     title += "" if title.endswith("ranking") else " ranking"
     if name in a.orders:
         if name == "golden":
-            title += f" ({a.golden_mode})"
-        return render.heatmap(a.view, a.orders[name], a.grid, title)
+            title = f"golden {golden_title(a) or 'ranking'} ({a.golden_mode}, block {a.model.prune_layer})"
+        return render.heatmap(a.view, a.orders[name], a.grid, title, alpha=opacity)
     if name in a.merger_orders:
         return render.heatmap(a.view, a.merger_orders[name], a.grid,
-                              f"{title}: CLS attention at block {a.model.prune_layer}")
+                              f"{title}: CLS attention at block {a.model.prune_layer}", alpha=opacity)
     if name in a.mergers:
         return _groups_panel(a, name, ratio)
     if name == "golden" and golden_pending(a):
@@ -377,6 +435,9 @@ def status_md(a: Analysis) -> str:
     if a.notes:
         lines.append("**Input** " + "; ".join(a.notes) + ".")
     lines += scene_note.status_lines(a)           # a photo on the bundled model: say what it knows
+    if a.golden_kwargs or m.prune_layer != engine.REGISTRY.get(a.model_key).prune_layer:
+        lines.append(f"**Settings** pruned at block {m.prune_layer}; golden ranking "
+                     f"{golden_title(a) or 'label-free'}.")
     if "predictor" in a.missing:
         why = a.missing["predictor"]
         lines.append(f"**No predictor for this model**: {why}."
@@ -484,144 +545,19 @@ def prune(ratio: float, left: str, right: str, labels: Any, use_tokens: bool = F
           f"fewer; analytic, 1 MAC = 2 FLOPs); with the ranker's own cost: " + costs
           + ".  \n"
           f"**Latency** {lat_p:.1f} ms pruned vs {lat_f:.1f} ms full (x{lat_f / max(lat_p, 1e-6):.2f}); "
-          f"this image, batch 1, median of 3 on this server's CPU.  \n"
+          f"this image, batch 1, median of 3 on this server's CPU." + latency_note(g_f, lat_p, lat_f)
+          + "  \n"
           f"**Full model** top-1 **{top}**. " + "; ".join(flips) + tok_note)
     return (*out, md)
 
 
-# -- per-image curve ------------------------------------------------------------------------------
-#: A pruned prediction counts as changed only if another class beats the full top class by this.
-FLIP_MARGIN = 1e-4
-
-
-def curve_ratios(m) -> list[float]:
-    step = 0.05 if float(pr.flops(m)) < 2.0 else 0.1
-    n = int(round(1 / step))
-    return [round(step * i, 2) for i in range(1, n + 1)]
-
-
-def _curve_embeddings(a: Analysis, progress: Progress = None) -> dict:
-    """Pruned embeddings of this image at every curve ratio, per ranker (computed once each)."""
-    with a._lock:
-        have = a.curve_embs.setdefault("emb", {})
-        ratios = a.curve_embs.setdefault("ratios", curve_ratios(a.model))
-        ordered = [n for n in RANKER_VALUES if n in a.orders and n not in have]
-        mergers = [n for n in a.mergers if n not in have]
-        if not ordered and not mergers:
-            return a.curve_embs
-        report = _progress_fn(progress)
-        embs = {n: [] for n in ordered + mergers}
-        for i, r in enumerate(ratios):
-            report(i / len(ratios), f"keep ratio {r:.2f}")
-            k = a.model.keep_count(r)
-            if ordered:
-                e = engine.embed_kept(a.model, a.x, [a.orders[n][:k] for n in ordered])
-                for n, row in zip(ordered, e):
-                    embs[n].append(row)
-            for n in mergers:
-                embs[n].append(engine.embed_merged(a.model, a.x, r, n))
-        report(1.0, "done")
-        have.update({n: torch.stack(v) for n, v in embs.items()})
-        return a.curve_embs
-
-
-def curve_data(a: Analysis, labels: list[str], progress: Progress = None) -> dict:
-    """Top-class probability vs keep ratio per ranker, and where each prediction flips."""
-    c = _curve_embeddings(a, progress)
-    full = _probs(a.model, labels, a.full_emb)[0]
-    top = int(np.argmax(full))
-    out = {"top_class": labels[top], "full_prob": float(full[top]), "ratios": c["ratios"],
-           "model": a.model.model_id, "image": a.image_name, "rankers": {}}
-    for name in [n for n in RANKER_VALUES if n in c["emb"]]:
-        p = _probs(a.model, labels, c["emb"][name])
-        pred = p.argmax(1)
-        flip = None   # highest keep ratio (below 1) whose top class clearly differs from the full one
-        for r, row in sorted(zip(c["ratios"], p), key=lambda t: -t[0]):
-            if r < 1.0 and row.max() - row[top] > FLIP_MARGIN:
-                flip = r
-                break
-        out["rankers"][name] = {"prob": [float(v) for v in p[:, top]],
-                                "top1": [labels[i] for i in pred], "flip": flip}
-    return out
-
-
-def curve(labels: Any, *, session: str | None = None, progress: Progress = None) -> tuple:
-    """(plotly figure, markdown) of the full model's top-class probability vs keep ratio."""
-    names = _labels(labels)
-    a = _current(session)
-    d = curve_data(a, names, progress)
-    parts = []
-    for name, row in d["rankers"].items():
-        parts.append(f"{plots.display_name(name)}: " +
-                     (f"prediction changes at keep {row['flip']:.2f}" if row["flip"] is not None
-                      else "prediction never changes"))
-    md = (f"Full model: **{d['top_class']}** (p={d['full_prob']:.3f}). Highest keep ratio at which the "
-          f"pruned prediction differs: " + "; ".join(parts) + ".")
-    return plots.curve_figure(d), md
-
-
-# -- exports --------------------------------------------------------------------------------------
-MAX_EXPORT_DIRS = 64
-
-
-def _export_dir(session: str | None) -> Path:
-    root = app_tmp() / "exports"
-    root.mkdir(parents=True, exist_ok=True)
-    sess = get_session(session)
-    for old in sess.exports:                       # one export folder per session at a time
-        shutil.rmtree(old, ignore_errors=True)
-    dirs = sorted((p for p in root.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime)
-    for old in dirs[:max(0, len(dirs) - MAX_EXPORT_DIRS + 1)]:
-        shutil.rmtree(old, ignore_errors=True)
-    d = Path(tempfile.mkdtemp(prefix="export-", dir=root))
-    sess.exports = [str(d)]
-    return d
-
-
-def export(ratio: float, left: str, right: str, labels: Any, *, session: str | None = None,
-           progress: Progress = None) -> list[str]:
-    """Write overlay PNGs, rankings (JSON, CSV) and the per-image curve (JSON, CSV) into the app's
-    temporary folder; returns the file paths."""
-    ratio, left, right = _checked(ratio, left, right)
-    names = _labels(labels)
-    a = _current(session)
-    d = _export_dir(session)
-    files = []
-    for name in dict.fromkeys((left, right)):
-        for kind, img in (("ranking", _heat_panel(a, name, ratio)), ("mask", _mask_panel(a, name, ratio))):
-            path = d / f"{kind}_{name}_keep{ratio:.2f}.png"
-            img.save(path)
-            files.append(path)
-    rows, cols = a.grid
-    order_names = [n for n in RANKER_VALUES if n in a.orders]
-    ranks = {n: render.rank_of(a.orders[n]) for n in order_names}
-    meta = {"model": a.model.model_id, "grid": [rows, cols], "prune_layer": a.model.prune_layer,
-            "image": a.image_name, "golden_mode": a.golden_mode, "keep_ratio": ratio,
-            "keep_count": a.model.keep_count(ratio),
-            "convention": "order: patch ids most important first; id = row * cols + col"}
-    (d / "rankings.json").write_text(json.dumps(
-        {**meta, "orders": {n: a.orders[n].tolist() for n in order_names},
-         "unavailable": a.missing}, indent=1))
-    with open(d / "rankings.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["patch", "row", "col"] + [f"rank_{n}" for n in order_names]
-                   + [f"kept_{n}" for n in order_names])
-        k = a.model.keep_count(ratio)
-        for p in range(rows * cols):
-            w.writerow([p, p // cols, p % cols] + [int(ranks[n][p]) + 1 for n in order_names]
-                       + [int(ranks[n][p] < k) for n in order_names])
-    files += [d / "rankings.json", d / "rankings.csv"]
-    c = curve_data(a, names, progress)
-    (d / "curve.json").write_text(json.dumps({**meta, **c}, indent=1))
-    with open(d / "curve.csv", "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["ranker", "keep_ratio", "keep_count", f"p_{c['top_class']}", "top1", "flip_ratio"])
-        for name, row in c["rankers"].items():
-            for r, p, t1 in zip(c["ratios"], row["prob"], row["top1"]):
-                w.writerow([name, r, a.model.keep_count(r), f"{p:.6f}", t1,
-                            "" if row["flip"] is None else row["flip"]])
-    files += [d / "curve.json", d / "curve.csv"]
-    return [str(p) for p in files]
+def latency_note(gflops_full: float, ms_pruned: float, ms_full: float) -> str:
+    """Why pruning may not pay at batch 1 on a small model, said beside the numbers."""
+    if gflops_full >= FAST_GOLDEN_GFLOPS and ms_pruned < ms_full:
+        return ""
+    return (f" *At batch 1 a {gflops_full:.2f}-GFLOP model's time is mostly fixed per-call overhead "
+            "(Python, one kernel launch per layer, gathering the kept tokens), so the pruned forward "
+            "can be as slow as the full one; the saved GFLOPs pay off on larger models and batches.*")
 
 
 # -- models and predictors ------------------------------------------------------------------------
@@ -647,7 +583,7 @@ def load_model(choice: str, arch: str = "", path: str = "", *, session: str | No
     dt = time.perf_counter() - t
     report(1.0, "loaded")
     sess.model_key = key
-    sess.analysis = None
+    sess.analysis, sess.layer = None, None          # the new model prunes at its own default
     pred, why = _predictor_for(sess, m)
     got = f", {downloaded_mb(seen):.0f} MB downloaded" if seen else ""
     msg = f"**Loaded** {engine.describe(m)} ({dt:.1f} s{got})."
@@ -712,71 +648,6 @@ def upload_predictor(file: Any, *, session: str | None = None) -> str:
     sess.analysis = None
     return (f"**Predictor loaded** from `{name}` for {m.name}. Analyse an image to use it "
             "(it replaces the bundled predictor in this session only).")
-
-
-# -- trade-off tab --------------------------------------------------------------------------------
-def tradeoff(folder: str | Path | None = None) -> tuple:
-    """(accuracy-vs-GFLOPs figure, accuracy-vs-latency figure, markdown) from precomputed results."""
-    res = plots.read_results(folder or plots.RESULTS_DIR)
-    if not res.rows:
-        msg = ("Trade-off results are not computed yet: no rows in `assets/results/*.json`. They "
-               "come from `python -m patchrank sweep` (see the README).")
-        if res.problems:
-            msg += "  \n" + "  \n".join(res.problems)
-        return plots.empty_figure("not computed yet"), plots.empty_figure("not computed yet"), msg
-    has_lat = any(r["latency_ms"] is not None for r in res.rows)
-    md = f"From {', '.join(res.sources)}: {len(res.rows)} points."
-    if res.problems:
-        md += "  \n" + "  \n".join(res.problems)
-    return (plots.tradeoff_figure(res.rows, "gflops"),
-            plots.tradeoff_figure(res.rows, "latency_ms") if has_lat else plots.empty_figure("no latency measured"),
-            md)
-
-
-def sweep_dataset(spec: str, limit: Any = 200, include_golden: bool = False, *,
-                  session: str | None = None, progress: Progress = None) -> tuple:
-    """Run the engine's trade-off sweep on a labelled dataset (a folder with one subfolder per
-    class, or ``bundled-eval:N``) with the session's model; same outputs as ``tradeoff``."""
-    spec = (spec or "").strip()
-    if not spec:
-        raise gr.Error("Give a dataset: a folder with one subfolder per class, or bundled-eval:200.",
-                       print_exception=False)
-    if engine.ON_SPACES and not spec.startswith("bundled-eval") and not os.environ.get("PATCHRANK_ALLOW_LOCAL"):
-        raise gr.Error("On Spaces only the bundled evaluation split can be swept (bundled-eval:N).",
-                       print_exception=False)
-    try:
-        n = int(limit)
-    except (TypeError, ValueError):
-        raise gr.Error(f"The image limit must be a whole number, got {limit!r}.", print_exception=False) from None
-    if not 1 <= n <= MAX_SWEEP_IMAGES:
-        raise gr.Error(f"The image limit must be between 1 and {MAX_SWEEP_IMAGES}, got {n}.",
-                       print_exception=False)
-    sess = get_session(session)
-    _, m = _model_for(sess)
-    pred, _ = _predictor_for(sess, m)
-    report = _progress_fn(progress)
-    report(None, f"sweeping {spec} ({n} images at most)")
-    try:
-        res = engine.run_sweep(m, spec, limit=n, include_golden=bool(include_golden),
-                               predictor=pred.predictor if pred else None)
-    except engine.EngineMissing as e:
-        raise _fail(e) from None
-    except (PatchRankError, OSError) as e:
-        raise gr.Error(f"The sweep could not run: {e}", print_exception=False) from None
-    rows = [r for r in map(plots._clean_row, res.get("rows", [])) if r is not None]
-    meta = res.get("meta", {})
-    skipped = meta.get("skipped") or {}
-    md = (f"Swept `{spec}` on {m.name}: {meta.get('n_images', '?')} images, {len(rows)} points "
-          f"(computed now, not saved).")
-    if skipped:
-        md += "  \nSkipped: " + "; ".join(f"{k}: {v}" for k, v in skipped.items())
-    has_lat = any(r["latency_ms"] is not None for r in rows)
-    return (plots.tradeoff_figure(rows, "gflops"),
-            plots.tradeoff_figure(rows, "latency_ms") if has_lat else plots.empty_figure("no latency measured"),
-            md)
-
-
-MAX_SWEEP_IMAGES = 2000
 
 
 # -- examples -------------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ DISPLAY = 448
 CMAP = "viridis"
 HEAT_ALPHA = 0.6
 PRUNED_RGB = np.array([38, 38, 46], np.float32)
-STRIP_H = 44
+STRIP_H = 52
 
 
 @functools.lru_cache(maxsize=4)
@@ -28,7 +28,7 @@ def _lut(name: str = CMAP) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=4)
-def _font(size: int = 13) -> ImageFont.ImageFont:
+def _font(size: int = 15) -> ImageFont.ImageFont:
     try:
         return ImageFont.load_default(size=size)
     except (TypeError, OSError):   # Pillow without FreeType: bitmap font
@@ -92,7 +92,7 @@ def _text_strip_cached(width: int, lines: tuple[str, ...]) -> np.ndarray:
     strip = Image.new("RGB", (width, STRIP_H), (250, 250, 250))
     d = ImageDraw.Draw(strip)
     for i, line in enumerate(lines[:2]):
-        d.text((6, 5 + 18 * i), line, fill=(20, 20, 20), font=_font())
+        d.text((6, 5 + 22 * i), line, fill=(20, 20, 20), font=_font())
     out = np.asarray(strip)
     out.flags.writeable = False
     return out
@@ -110,17 +110,17 @@ def _legend_strip(width: int, num_patches: int, title: str, cmap: str = CMAP) ->
     d.text((6, 3), title, fill=(20, 20, 20), font=_font())
     left = "rank 1 (kept first)"
     right = f"rank {num_patches} (pruned first)"
-    lw = int(d.textlength(left, font=_font(11)))
-    rw = int(d.textlength(right, font=_font(11)))
+    lw = int(d.textlength(left, font=_font(14)))
+    rw = int(d.textlength(right, font=_font(14)))
     x0, x1 = 10 + lw, width - 10 - rw
     if x1 - x0 > 20:
         bar = _lut(cmap)[np.linspace(255, 0, x1 - x0).round().astype(int)]
         arr = np.asarray(strip).copy()
-        arr[26:38, x0:x1] = bar[None, :, :]
+        arr[30:46, x0:x1] = bar[None, :, :]
         strip = Image.fromarray(arr)
         d = ImageDraw.Draw(strip)
-    d.text((6, 25), left, fill=(40, 40, 40), font=_font(11))
-    d.text((width - 6 - rw, 25), right, fill=(40, 40, 40), font=_font(11))
+    d.text((6, 30), left, fill=(40, 40, 40), font=_font(14))
+    d.text((width - 6 - rw, 30), right, fill=(40, 40, 40), font=_font(14))
     return np.asarray(strip)
 
 

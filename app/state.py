@@ -18,17 +18,25 @@ from typing import Any, Iterator
 
 import gradio as gr
 
-from . import engine, handlers as H, plots, render, scene_note
+import patchrank as pr
+
+from . import curve as C, engine, handlers as H, plots, render, scene_note
 from .inputs import MAX_RATIO, MIN_RATIO, InputError, parse_labels
 from .store import session as get_session
 
 #: Every output a new image (or a refused or removed one) replaces, in ``app.ui``'s order.
 RESULT_KEYS = ("heat_l", "heat_r", "mask_l", "mask_r", "agreement", "top_full", "top_l",
-               "top_r", "cost", "curve", "curve_md", "files", "status", "scene_note", "scene_box")
+               "top_r", "cost", "curve", "curve_md", "files", "status", "minkeep", "golden_target",
+               "scene_note", "scene_box")
 #: What a keep-ratio or ranker change redraws (the curve and exports do not depend on them).
 VIEW_KEYS = RESULT_KEYS[:9]
+#: Outputs of a labels change: what the labels redraw, and (a golden ranking scored for a class
+#: is scored against the labels) what a re-analysis redraws. Progress shows on the first only.
+LABEL_OUT_EXTRA = ("heat_l", "heat_r", "mask_l", "mask_r", "agreement", "status", "right")
 #: What a change of class labels redraws.
-LABEL_KEYS = ("top_full", "top_l", "top_r", "cost", "curve", "curve_md", "files")
+LABEL_KEYS = ("top_full", "top_l", "top_r", "cost", "curve", "curve_md", "files", "minkeep",
+              "golden_target")
+LABEL_OUT = LABEL_KEYS + LABEL_OUT_EXTRA
 SKIP = object()
 NO_IMAGE = "Upload or paste an image, or pick an example."
 
@@ -76,8 +84,10 @@ def cleared(status: str, *, keys: tuple[str, ...] = RESULT_KEYS, why: str = NO_I
             out[key] = Out(blank, f"{side}: {'ranking' if key.startswith('heat') else 'kept / pruned'}")
         elif key.startswith("top"):
             out[key] = Out(None, _TOP_TITLES[key])
-        elif key in ("agreement", "cost", "curve_md"):
+        elif key in ("agreement", "cost", "curve_md", "minkeep"):
             out[key] = ""
+        elif key == "golden_target":
+            out[key] = SKIP
         elif key == "status":
             out[key] = status
         else:                                        # curve figure, export files
@@ -102,12 +112,13 @@ def _side_titles(a: H.Analysis, view: View, side: str) -> tuple[str, str]:
     return f"{who} ranking", f"{who}, keep {view.ratio:.2f} ({k}/{a.num_patches})"
 
 
-def _panels(a: H.Analysis, view: View, heat: bool) -> dict[str, Any]:
+def _panels(a: H.Analysis, view: View, heat: bool, opacity: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for side, name in (("l", view.left), ("r", view.right)):
         heat_title, mask_title = _side_titles(a, view, side)
         draw_heat = heat or (name in a.mergers and name not in a.merger_orders)  # groups follow k
-        out[f"heat_{side}"] = Out(H._heat_panel(a, name, view.ratio), heat_title) if draw_heat else SKIP
+        out[f"heat_{side}"] = (Out(H._heat_panel(a, name, view.ratio, opacity), heat_title)
+                               if draw_heat else SKIP)
         out[f"mask_{side}"] = Out(H._mask_panel(a, name, view.ratio), mask_title)
     out["agreement"] = H._agreement_md(a, view.left, view.right, view.ratio)
     return out
@@ -162,7 +173,7 @@ def draw(session: str | None, *, heat: bool = True, view: View | None = None,
         a, view = sess.analysis, sess.view or View()
         if a is None:
             return {key: SKIP for key in VIEW_KEYS}
-        return {**(_panels(a, view, heat) if panels else {}),
+        return {**(_panels(a, view, heat, sess.opacity) if panels else {}),
                 **(_top5(a, view, session) if top5 else {})}
 
 
@@ -174,9 +185,52 @@ def curve_results(session: str | None, progress: H.Progress = None) -> dict[str,
         parse_labels(view.labels, presets=[engine.IMAGENET_LABELS])
     except InputError as e:
         return {"curve": None, "curve_md": f"No curve: {e}"}
-    fig, md = H.curve(view.labels, session=session, progress=progress)
-    sess.curve_labels = view.labels
-    return {"curve": fig, "curve_md": md, "files": None}
+    fig, md, d = C.curve_full(view.labels, session=session, progress=progress)
+    sess.curve_labels, sess.curve = view.labels, d
+    return {"curve": fig, "curve_md": md, "files": None, "minkeep": min_keep_md(session),
+            "golden_target": golden_choices(session)}
+
+
+def min_keep_md(session: str | None) -> str:
+    """The line under the slider: how far each side can prune and keep the top-1."""
+    sess = get_session(session)
+    view = sess.view or View()
+    return C.min_keep_note(sess.curve, view.left, view.right)
+
+
+def golden_choices(session: str | None, labels: Any = None) -> Any:
+    """The golden target menu for the session's labels, or ``labels`` (and its current choice)."""
+    sess = get_session(session)
+    try:
+        names = parse_labels(getattr(sess.view, "labels", "") if labels is None else labels,
+                             presets=[engine.IMAGENET_LABELS])
+    except InputError:
+        names = []
+    choices = [(v, k) for k, v in engine.GOLDEN_TARGETS.items()]
+    choices += [(f"the class '{n}'", f"class:{n}") for n in names[:MAX_CLASS_TARGETS]]
+    value = sess.golden_target or "similarity"
+    if value not in [c[1] for c in choices]:
+        choices.append((f"the class '{value[6:]}'", value))
+    return gr.update(choices=choices, value=value)
+
+
+#: Most labels offered as golden targets in the menu (ImageNet's 998 would make it unusable).
+MAX_CLASS_TARGETS = 100
+
+
+def layer_update(m: pr.PatchModel, value: int | None = None) -> Any:
+    """The prune-layer control for model ``m``: blocks 1 to L-1 (block 0 would prune before
+    any patch has seen another), each with the pruned encoder's GFLOPs at keep 0.5."""
+    k0 = m.prune_layer if value is None else value
+    full = float(pr.flops(m))
+    half = m.keep_count(0.5)
+    costs = "; ".join(f"{k}: {float(pr.flops(engine.at_layer(m, k), keep=half)):.3g}"
+                      for k in range(1, m.num_layers))
+    return gr.update(choices=[(str(k), k) for k in range(1, m.num_layers)], value=k0,
+                     info=f"GFLOPs at keep 0.50 by block: {costs} (unpruned {full:.3g}). Earlier = "
+                          "cheaper, later = closer to the full model. A predictor exists only for "
+                          "the block it was trained at.")
+
 
 
 # -- whole flows ----------------------------------------------------------------------------------
@@ -187,7 +241,7 @@ def image_stream(image: Any, golden_mode: str, view: View, *, session: str | Non
     result (the image input too) and says why in one toast (a warning: an error would also
     stamp "Error" on every output of the event)."""
     sess = get_session(session)
-    sess.view, sess.curve_labels = view, None
+    sess.view, sess.curve_labels, sess.curve = view, None, None
     if image is None:
         sess.analysis = None
         yield cleared(NO_IMAGE)
@@ -201,17 +255,39 @@ def image_stream(image: Any, golden_mode: str, view: View, *, session: str | Non
                          why="No image analysed: the upload was refused (see the message)."),
                "image": None}
         return
+    yield from _analysis_stream(a, view, session, progress)
+
+
+def reanalysis_stream(view: View, golden_mode: str | None = None, *, session: str | None = None,
+                      progress: H.Progress = None) -> Iterator[dict[str, Any]]:
+    """The current image again after an analysis setting changed (prune layer, golden target):
+    the same successive states as a new image. Without an image only the setting is kept."""
+    sess = get_session(session)
+    sess.view, sess.curve_labels, sess.curve = view, None, None
+    if sess.analysis is None:
+        yield {"golden_target": golden_choices(session)}
+        return
+    a = H.reanalyze(golden_mode, session=session, progress=progress, golden=False)
+    yield from _analysis_stream(a, view, session, progress)
+
+
+def _analysis_stream(a: H.Analysis, view: View, session: str | None,
+                     progress: H.Progress) -> Iterator[dict[str, Any]]:
+    sess = get_session(session)
     out: dict[str, Any] = {}
     if "predictor" in a.missing and view.right == "predictor" and "attention" in a.orders:
         view = View(view.ratio, view.left, "attention", view.labels, view.use_tokens)
         out["right"] = "attention"
-        gr.Info("No predictor for this model: comparing with CLS attention instead.")
+        why = a.missing["predictor"]
+        gr.Info(("The predictor exists only for the block it was trained at"
+                 if "exists only for" in why else "No predictor for this model")
+                + ": comparing with CLS attention instead.")
     first = draw(session, view=view)
     if H.golden_pending(a):            # top-5 and costs wait for the golden side
         first.update(cleared("", keys=("top_full", "top_l", "top_r")))
         first["cost"] = "Computing the golden ranking; top-5 and costs follow."
     yield {**out, **first, "curve": None, "curve_md": "", "files": None, "status": H.status_md(a),
-           **scene_note.outputs(a)}
+           "minkeep": "", "golden_target": golden_choices(session), **scene_note.outputs(a)}
     if H.golden_pending(a):
         H.ensure_golden(a, progress)
         if sess.analysis is not a:     # another image arrived meanwhile: its stream takes over
@@ -235,6 +311,11 @@ def labels_stream(view: View, *, session: str | None = None,
         return
     if sess.analysis is None:
         sess.view = view
+        return
+    if sess.golden_target != "similarity" and sess.analysis.golden_kwargs.get("classnames") != \
+            engine.golden_target_kwargs(sess.golden_target, parse_labels(
+                view.labels, presets=[engine.IMAGENET_LABELS])).get("classnames"):
+        yield from reanalysis_stream(view, session=session, progress=progress)   # scored on the labels
         return
     now = draw(session, view=view)
     yield {key: now[key] for key in ("top_full", "top_l", "top_r", "cost")}

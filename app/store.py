@@ -68,6 +68,10 @@ class Session:
     label_preset: str = "everyday"                          # engine.LABEL_PRESETS key
     view: Any = None                                        # app.state.View: what the user chose
     curve_labels: Any = None                                # labels the shown curve was drawn for
+    curve: Any = None                                       # the shown curve's data (min keep ratios)
+    layer: int | None = None                                # prune layer chosen (None: the model's)
+    golden_target: str = "similarity"                       # engine.GOLDEN_TARGETS or class:<label>
+    opacity: float = 0.6                                    # heatmap overlay opacity (0..1)
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)  # app.state's redraws
 
 

@@ -90,7 +90,7 @@ def golden_per_image(m, image: str) -> dict:
 
 def first_analysis(image: str, mode: str, sid: str, left: str, right: str, labels: str) -> dict:
     """The stages of a first analysis, as the page runs them, in seconds."""
-    from app import handlers as H
+    from app import curve as C, handlers as H
     H.ANALYSES.clear()
     t0 = time.perf_counter()
     H.analyze_views(image, mode, 0.5, left, right, session=sid, golden=False)
@@ -99,7 +99,7 @@ def first_analysis(image: str, mode: str, sid: str, left: str, right: str, label
     t2 = time.perf_counter()
     H.prune(0.5, left, right, labels, session=sid)
     t3 = time.perf_counter()
-    H.curve(labels, session=sid)
+    C.curve(labels, session=sid)
     t4 = time.perf_counter()
     return {"golden_mode": mode, "first_overlays_s": round(t1 - t0, 3), "golden_s": round(t2 - t1, 3),
             "prune_s": round(t3 - t2, 3), "curve_s": round(t4 - t3, 3), "total_s": round(t4 - t0, 3)}

@@ -195,6 +195,33 @@ def series_xy(meth: str, pts: list[dict], x: str) -> tuple[list[float], str]:
     return xs, f"{display_name(meth)}, drawn at encoder cost (+{search:.3g} GFLOPs search)"
 
 
+def off_scale(res: SweepResults, floor: float = 0.10, factor: float = 3.0) -> dict[str, float]:
+    """Methods whose accuracy falls so far below the others' that one shared axis squashes the
+    comparison (token norm, high first, at 28 % against six methods within 10 points): method ->
+    its lowest accuracy. A method is off scale when its worst drop from the unpruned accuracy
+    exceeds both ``floor`` and ``factor`` times the median worst drop of all methods."""
+    top = (res.meta.get("full") or {}).get("accuracy")
+    top = max((r["accuracy"] for r in res.rows), default=0.0) if top is None else top
+    worst = {m: min(r["accuracy"] for r in res.series(m)) for m in res.methods()}
+    if len(worst) < 3:
+        return {}
+    drops = sorted(top - w for w in worst.values())
+    median = drops[(len(drops) - 1) // 2]
+    return {m: w for m, w in worst.items() if top - w > max(floor, factor * median)}
+
+
+def focus_range(res: SweepResults, margin: float = 0.01) -> tuple[float, float] | None:
+    """Accuracy range (fractions) of the methods that are not ``off_scale``, intervals included,
+    with a margin: the y axis that lets their differences be read. None when nothing is off scale."""
+    out = off_scale(res)
+    rows = [r for r in res.rows if r["method"] not in out]
+    if not out or not rows:
+        return None
+    lo = min(r["accuracy"] if r.get("ci_low") is None else r["ci_low"] for r in rows)
+    hi = max(r["accuracy"] if r.get("ci_high") is None else r["ci_high"] for r in rows)
+    return max(0.0, lo - margin), min(1.0, hi + margin)
+
+
 def _axis_title(res: SweepResults, x: str) -> str:
     t = AXES.get(x, x)
     return t.replace("batch N", f"batch {res.batch_n}") if res.batch_n else t

@@ -54,6 +54,19 @@ class PatchModel:
         return cls(clip, None, None, name=name, pretrained=None, prune_layer=prune_layer,
                    model_id=f"{name}/{weights_fingerprint(clip)}", set_eval=False)
 
+    def at_layer(self, k: int) -> "PatchModel":
+        """The same model pruning at the input of block ``k`` instead: shared weights, text
+        classifiers and id, nothing on ``self`` changed (setting ``prune_layer`` on a model that
+        other requests use would change theirs too). Predictors and tokens are made for one
+        layer and refuse the other (``errors.check_made_for``)."""
+        if k == self.prune_layer:
+            return self
+        other = PatchModel(self.clip, self.preprocess, self.tokenizer, name=self.name,
+                           pretrained=self.pretrained, prune_layer=k, model_id=self.model_id,
+                           templates=self.templates, classnames=self.classnames, set_eval=False)
+        other._zs_cache = self._zs_cache       # text embeddings do not depend on the layer
+        return other
+
     @functools.cached_property
     def fingerprint(self) -> str:
         """Hash of the weights (``weights_fingerprint``): the same for the same weights, whatever

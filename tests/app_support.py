@@ -88,7 +88,7 @@ def fast_golden(monkeypatch) -> None:
     """Replace the golden search by the token-norm order (tests of wiring, not of golden)."""
     from app import engine
     monkeypatch.setattr(engine, "golden_order",
-                        lambda m, x, mode, progress=None: engine.ranker_order(m, x, "norm"))
+                        lambda m, x, mode, progress=None, **kw: engine.ranker_order(m, x, "norm"))
 
 
 def free_port() -> int:

@@ -1,8 +1,10 @@
 """A real browser (Debian chromium driven by Playwright) uses the app as a person would.
 
-One app server and one page for the whole module (tests run in file order and each sets up
-the image it needs); the README's screenshot is saved by the first test. What is checked:
-- upload, drag and release: masks, agreement, top-5 and costs end at the ratio shown;
+One app server and one page (1400x1000) for the whole module (tests run in file order and each
+sets up the image it needs); the README's screenshot is saved by the first test. What is checked:
+- upload, drag and release: masks, agreement, top-5 and costs end at the ratio shown, and the
+  image, both masks, the slider and the three top-5s are inside one 1400x1000 screen (bounding
+  boxes; that screen is docs/screenshot.png);
 - arrow keys, the number box and the reset button: the same, every panel labelled with its ratio;
 - one request per user action (upload, example click, keys, number box, reset, ranker menu,
   learnable-tokens box, typed labels, golden mode), counted on the queue's join requests;
@@ -10,7 +12,12 @@ the image it needs); the README's screenshot is saved by the first test. What is
   wording, and every result of the previous image cleared;
 - a refused upload (1x1 PNG): the slider no longer draws anything from the previous image;
 - a failed model load: the reason and the local-checkpoint route in one toast, the typed
-  fields kept.
+  fields kept;
+- the new controls, one request each: overlay opacity (arrow key) redraws the rankings, the
+  prune layer re-analyses at that block, a class-conditioned golden ranking is drawn as such,
+  a click on a patch lists its rank under every ranker, the export gives a zip named after the
+  image and the ratio;
+- at 800 px: an example click brings the panels into view, and the page is one column.
 Timings (upload to first heatmap, drag frame, release) are printed (``pytest -s``).
 
 Skips where chromium or Playwright is missing, except in CI (CI=true), where a skip is a failure.
@@ -67,7 +74,7 @@ def page(tmp_path_factory):
     odd = S.odd_images(tmp_path_factory.mktemp("odd"))
     with S.running_app(golden_mode="fast") as url, sync_playwright() as p:
         browser = p.chromium.launch(executable_path=chromium, headless=True, args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1500})
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
         pg.set_default_timeout(TIMEOUT_MS)
         pg.joins = Joins()
         pg.odd = odd
@@ -106,12 +113,13 @@ def _wait_text(page, elem_id: str, *parts: str) -> None:
 
 
 def _analysed(page, path: Path) -> float:
-    """Upload ``path`` and wait until every stage is drawn; returns seconds to the first heatmap."""
-    old = _src(page, "pr-heat-left")
+    """Upload ``path`` and wait until every stage is drawn; returns seconds to the first panel
+    (the keep masks: the tab shown first; the rankings are drawn in the same response)."""
+    old = _src(page, "pr-mask-left")
     page.joins.take()
     t = time.perf_counter()
     page.set_input_files("#pr-image input[type=file]", str(path))
-    page.wait_for_function("(old) => { const i = document.querySelector('#pr-heat-left img'); "
+    page.wait_for_function("(old) => { const i = document.querySelector('#pr-mask-left img'); "
                            "return i && (i.currentSrc || i.src) !== old; }", arg=old)
     first = time.perf_counter() - t
     _wait_text(page, "pr-status", "Analysed", path.stem)
@@ -173,9 +181,15 @@ def test_upload_drag_release_and_screenshot(page):
     print(f"\ntimings: upload -> first heatmap {first:.2f} s; drag frame "
           f"{', '.join(f'{x:.2f}' for x in frames)} s; release -> all panels {release:.2f} s")
     page.wait_for_timeout(1000)                   # let the last redraw settle for the picture
+    page.evaluate("() => window.scrollTo(0, 0)")
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SCREENSHOT))         # the first 1500 px: image, rankings, masks
+    page.screenshot(path=str(SCREENSHOT))         # one 1400x1000 screen: cause and effect
     assert SCREENSHOT.stat().st_size > 50_000
+    for elem_id in ("pr-image", "pr-ratio", "pr-mask-left", "pr-mask-right", "pr-top-full",
+                    "pr-top-left", "pr-top-right", "pr-minkeep"):
+        b = page.locator(f"#{elem_id}").bounding_box()
+        assert b and b["x"] >= 0 and b["y"] >= 0 and b["x"] + b["width"] <= 1400 \
+            and b["y"] + b["height"] <= 1000, (elem_id, b)
 
 
 @pytest.mark.timeout(300)
@@ -213,8 +227,10 @@ def test_one_request_per_menu_choice_upload_and_example(page):
     page.click("#pr-right input")
     page.click("ul[role=listbox] li:has-text('EViT')")
     _wait_text(page, "pr-top-right", "EViT")
-    _wait_text(page, "pr-heat-right", "EViT")
     _wait_text(page, "pr-mask-right", "EViT", "keep 0.50")          # EViT's kept set is drawn
+    page.get_by_role("tab", name="Rankings (heatmaps)").click()            # a tab: no request
+    _wait_text(page, "pr-heat-right", "EViT")
+    page.get_by_role("tab", name="Kept / pruned at this ratio").click()
     _one_request(page, "ranker menu")
     page.click("#pr-tokens input")
     _wait_text(page, "pr-cost", "earnable tokens")
@@ -224,6 +240,7 @@ def test_one_request_per_menu_choice_upload_and_example(page):
     page.wait_for_function("() => !document.getElementById('pr-top-full').innerText.includes('ankle')")
     _wait_text(page, "pr-curve-md", "Full model")
     _one_request(page, "labels typed")
+    _open_settings(page)
     page.click("#pr-golden-mode label:has-text('every patch')")
     _wait_text(page, "pr-curve-md", "Full model")
     _one_request(page, "golden mode")
@@ -301,3 +318,67 @@ def test_failed_model_load_says_why_and_keeps_the_fields(page):
     assert page.input_value("#pr-ckpt textarea, #pr-ckpt input") == "/no/such/ckpt.safetensors"
     assert "local" in page.input_value("#pr-model input")
     _close_toasts(page)
+
+
+def _open_settings(page) -> None:
+    if not page.locator("#pr-layer").is_visible():
+        page.click("text=Golden ranking, prune layer, overlay")
+        page.wait_for_selector("#pr-layer", state="visible")
+
+
+@pytest.mark.timeout(400)
+def test_new_controls_one_request_each(page):
+    _analysed(page, S.EXAMPLE)
+    _open_settings(page)
+    page.get_by_role("tab", name="Rankings (heatmaps)").click()
+    old = _src(page, "pr-heat-left")
+    page.joins.take()
+    page.locator("#pr-opacity input[type=range]").focus()
+    page.keyboard.press("ArrowRight")
+    page.wait_for_function("(old) => { const i = document.querySelector('#pr-heat-left img'); "
+                           "return i && (i.currentSrc || i.src) !== old; }", arg=old)
+    _one_request(page, "opacity key")
+    page.locator("#pr-heat-left img").click(position={"x": 40, "y": 40})   # a patch near the top left
+    _wait_text(page, "pr-patch", "Patch row", "golden", "of 196")
+    _one_request(page, "patch click")
+    page.get_by_role("tab", name="Kept / pruned at this ratio").click()
+    page.click("#pr-layer label:has-text('2')")
+    _wait_text(page, "pr-agreement", "from block 2 on")
+    _wait_text(page, "pr-curve-md", "Full model")
+    _one_request(page, "prune layer")
+    assert "block 1" in _text(page, "pr-status") or "block 2" in _text(page, "pr-status")
+    page.click("#pr-golden-target input")
+    page.click("ul[role=listbox] li:has-text(\"the class 'sandal'\")")
+    _wait_text(page, "pr-status", "golden ranking for 'sandal'")
+    _wait_text(page, "pr-curve-md", "Full model")
+    _one_request(page, "golden target")
+    page.click("#pr-golden-target input")
+    page.click("ul[role=listbox] li:has-text('label-free')")
+    _wait_text(page, "pr-curve-md", "Full model")
+    page.click("#pr-layer label:has-text('1')")
+    _wait_text(page, "pr-agreement", "from block 1 on")
+    _wait_text(page, "pr-curve-md", "Full model")
+    page.joins.take()
+    page.click("#pr-export")
+    page.wait_for_function("() => document.getElementById('pr-files').innerText.includes('.zip')")
+    shown = float(page.input_value("#pr-ratio input[type=number]"))
+    assert f"cat-chelsea_keep{shown:.2f}\n.zip" in _text(page, "pr-files")
+    _one_request(page, "export")
+
+
+@pytest.mark.timeout(300)
+def test_narrow_page_example_click_brings_results_into_view(page):
+    page.set_viewport_size({"width": 800, "height": 1000})
+    try:
+        page.evaluate("() => window.scrollTo(0, 0)")
+        image, panels = (page.locator(f"#{i}").bounding_box() for i in ("pr-image", "pr-panels"))
+        assert panels["y"] > image["y"] + image["height"]          # one column: panels below
+        page.locator("[data-testid=examples] button, .gallery-item").nth(3).click()
+        _wait_text(page, "pr-status", "scene-04")
+        page.wait_for_timeout(1000)
+        top = page.locator("#pr-panels").bounding_box()["y"]
+        assert -2 <= top < 400, top                     # scrolled to the results (sub-pixel)
+        assert page.locator("#pr-mask-left").bounding_box()["width"] > 300   # captions readable
+        page.screenshot(path=str(Path(os.environ.get("PATCHRANK_APP_TMP", "/tmp")) / "narrow.png"))
+    finally:
+        page.set_viewport_size({"width": 1400, "height": 1000})

@@ -10,7 +10,8 @@ from PIL import Image
 
 LABELS = "top, sandal, bag, sneaker"
 ENDPOINTS = {"/analyze", "/set_ratio", "/threshold", "/prune", "/curve", "/export", "/views",
-             "/load_model", "/upload_predictor", "/tradeoff", "/label_preset"}
+             "/load_model", "/upload_predictor", "/tradeoff", "/label_preset", "/prune_layer",
+             "/golden_target", "/opacity", "/patch_rank"}
 
 
 def _repo_files() -> set:
@@ -58,7 +59,9 @@ def test_upload_slider_release_export(client):
 
     files = client.predict(0.3, "golden", "attention", LABELS, api_name="/export")
     names = {Path(f).name for f in files}
-    assert {"rankings.json", "rankings.csv", "curve.json", "curve.csv"} <= names
+    assert {f"cat-chelsea_keep0.30_{n}" for n in ("rankings.json", "rankings.csv", "curve.json",
+                                                  "curve.csv")} <= names
+    assert Path(files[0]).name == "cat-chelsea_keep0.30.zip"
     data = json.loads(Path(next(f for f in files if f.endswith("rankings.json"))).read_text())
     assert data["keep_count"] == 59 and len(data["orders"]["attention"]) == 196
 
@@ -105,6 +108,33 @@ def test_set_ratio_returns_one_consistent_state(client):
     assert len(left["confidences"]) == 4 and Image.open(mask_l).width >= 14 * 16
 
 
+def test_new_controls_through_the_api(client):
+    """Opacity, a patch's ranks, the prune layer and a class-conditioned golden ranking: each a
+    named endpoint doing what its control does on the page."""
+    client.predict(handle_file(str(S.EXAMPLE)), "fast", 0.5, "golden", "attention", api_name="/analyze")
+    def pixels(f):
+        return np.asarray(Image.open(f).convert("RGB"), dtype=float)[:448]
+    plain = client.predict(0.0, 0.5, "golden", "attention", api_name="/opacity")
+    solid = client.predict(1.0, 0.5, "golden", "attention", api_name="/opacity")
+    assert np.abs(pixels(plain[0]) - pixels(solid[0])).mean() > 20   # the image vs colours only
+    md = client.predict(3, 4, 0.5, api_name="/patch_rank")
+    assert "row 4, column 5" in md and "CLS attention" in md and "of 196" in md
+    with pytest.raises(Exception, match="outside"):
+        client.predict(30, 4, 0.5, api_name="/patch_rank")
+    *_, agree, status = client.predict(2, 0.5, "golden", "attention", api_name="/prune_layer")
+    assert "from block 2 on" in agree and "pruned at block 2" in status
+    with pytest.raises(Exception, match="choices: \\[1, 2, 3\\]"):
+        client.predict(9, 0.5, "golden", "attention", api_name="/prune_layer")
+    heat_l, *_, status = client.predict("class:sandal", LABELS, 0.5, "golden", "attention",
+                                        api_name="/golden_target")
+    assert "golden ranking for 'sandal'" in status and Image.open(heat_l).width >= 14 * 16
+    with pytest.raises(Exception, match="golden target"):
+        client.predict("oracle", LABELS, 0.5, "golden", "attention", api_name="/golden_target")
+    client.predict("similarity", LABELS, 0.5, "golden", "attention", api_name="/golden_target")
+    *_, status = client.predict(1, 0.5, "golden", "attention", api_name="/prune_layer")
+    assert "Settings" not in status
+
+
 def test_model_switch_failure_is_a_message(client):
     msg, labels, value, _golden_mode = client.predict("ViT-B-32/openai", "", "", api_name="/load_model")
     assert "Could not load" in msg and value == "bundled"
@@ -112,7 +142,10 @@ def test_model_switch_failure_is_a_message(client):
 
 def test_tradeoff_endpoint(client):
     g, lat, md = client.predict(api_name="/tradeoff")
-    assert g["type"] == "plotly" and md
+    assert g["type"] == "plotly" and "1200 images" in md
+    g_all, _, _ = client.predict(False, api_name="/tradeoff")
+    assert json.loads(g["plot"])["layout"]["yaxis"].get("range") and \
+        not json.loads(g_all["plot"])["layout"]["yaxis"].get("range")
 
 
 def test_nothing_written_into_the_repository(client):

@@ -9,7 +9,7 @@ import open_clip
 import pytest
 from PIL import Image
 
-from app import engine, handlers as H, inputs, plots, render, store
+from app import curve as C, engine, exports as X, handlers as H, inputs, render, store, tradeoffs as T
 
 LEFT, RIGHT = "golden", "attention"
 
@@ -156,10 +156,10 @@ def test_prune_top5_and_costs(analysed):
 
 def test_curve_and_flip(analysed):
     sid, _ = analysed
-    fig, md = H.curve("top, sandal, bag", session=sid)
+    fig, md = C.curve("top, sandal, bag", session=sid)
     names = {t.name for t in fig.data}
     assert {"golden (one-shot leave-one-out)", "CLS attention", "token norm (high first)", "random"} <= names
-    d = H.curve_data(store.session(sid).analysis, ["top", "sandal", "bag"])
+    d = C.curve_data(store.session(sid).analysis, ["top", "sandal", "bag"])
     for row in d["rankers"].values():
         assert len(row["prob"]) == len(d["ratios"])
         assert row["flip"] is None or 0 < row["flip"] < 1
@@ -171,11 +171,16 @@ def test_curve_and_flip(analysed):
 
 def test_export_files(analysed):
     sid, _ = analysed
-    files = H.export(0.4, LEFT, "tome", "top, sandal, bag", session=sid)
+    files = X.export(0.4, LEFT, "tome", "top, sandal, bag", session=sid)
     root = H.app_tmp()
     names = {Path(f).name for f in files}
-    assert {"rankings.json", "rankings.csv", "curve.json", "curve.csv"} <= names
-    assert sum(n.endswith(".png") for n in names) == 4
+    base = "cat-chelsea_keep0.40"                  # named after the image and the ratio
+    assert {f"{base}_{n}" for n in ("rankings.json", "rankings.csv", "curve.json", "curve.csv")} <= names
+    assert sum(n.endswith(".png") for n in names) == 4 and all(n.startswith(base) for n in names)
+    assert Path(files[0]).name == f"{base}.zip"    # one click downloads everything
+    import zipfile
+    with zipfile.ZipFile(files[0]) as z:
+        assert sorted(z.namelist()) == sorted(f"{base}/{Path(f).name}" for f in files[1:])
     for f in files:
         assert Path(f).resolve().is_relative_to(root.resolve())
     data = json.loads(Path(next(f for f in files if f.endswith("rankings.json"))).read_text())
@@ -183,7 +188,7 @@ def test_export_files(analysed):
     rows = Path(next(f for f in files if f.endswith("rankings.csv"))).read_text().strip().splitlines()
     assert len(rows) == 197
     # a second export replaces the first one's folder (bounded disk use)
-    files2 = H.export(0.4, LEFT, RIGHT, "top, sandal, bag", session=sid)
+    files2 = X.export(0.4, LEFT, RIGHT, "top, sandal, bag", session=sid)
     assert not Path(files[0]).exists() and Path(files2[0]).exists()
 
 
@@ -305,14 +310,14 @@ def test_imagenet_label_preset(monkeypatch):
 
 # -- trade-off tab ----------------------------------------------------------------------------------
 def test_tradeoff_placeholder_and_figures(tmp_path):
-    g, lat, md = H.tradeoff(tmp_path / "none")
+    g, lat, md = T.tradeoff(tmp_path / "none")
     assert "not computed yet" in md
     rows = [{"method": m, "ratio": r, "accuracy": 0.5 + r / 3, "gflops": 0.1 + r, "latency_ms": 2 + r}
             for m in ("predictor", "random") for r in (0.3, 0.6, 1.0)]
     (tmp_path / "sweep.json").write_text(json.dumps(rows))
     (tmp_path / "broken.json").write_text("{not json")
-    g, lat, md = H.tradeoff(tmp_path)
-    assert len(g.data) == 2 and len(lat.data) == 2
+    g, lat, md = T.tradeoff(tmp_path)
+    assert len(g.data) == 2 and len(lat.data) == 1          # latency: one median line over methods
     assert "broken.json" in md and "6 points" in md
 
 
@@ -336,22 +341,39 @@ def test_examples_gallery():
         assert Path(f).resolve().is_relative_to(H.app_tmp().resolve())
 
 
-def test_results_reader_row_format(tmp_path):
+def test_results_reader_is_the_engines(tmp_path):
+    """One results schema: a file with a bad row is refused whole, the row named (the engine's
+    ``patchrank.figures`` reader), and the rest of the folder is still drawn."""
     (tmp_path / "a.json").write_text(json.dumps({"rows": [
         {"method": "golden", "ratio": 0.5, "accuracy": 0.8, "gflops": 1.0},
-        {"method": "golden", "ratio": "x", "accuracy": 0.8, "gflops": 1.0},
-        {"ratio": 0.5}]}))
-    res = plots.read_results(tmp_path)
-    assert len(res.rows) == 1 and res.rows[0]["latency_ms"] is None and res.problems
+        {"method": "golden", "ratio": "x", "accuracy": 0.8, "gflops": 1.0}]}))
+    (tmp_path / "b.json").write_text(json.dumps([
+        {"method": m, "ratio": r, "accuracy": 0.7, "gflops": r} for m in ("golden", "random")
+        for r in (0.5, 1.0)]))
+    g, lat, md = T.tradeoff(tmp_path)
+    assert "a.json, row 1: ratio must be a number" in md and len(g.data) == 2
+    assert "no latency" in json.dumps(lat.to_plotly_json())
+
+
+def test_tradeoff_names_the_dataset_zooms_and_draws_latency_spread():
+    g, lat, md = T.tradeoff()                     # the shipped bundled sweep
+    assert "bundled-eval, 1200 images" in g.layout.title.text and "1200 images" in md
+    lo, hi = g.layout.yaxis.range
+    assert lo > 60 and any("token norm (high first)" in a.text for a in g.layout.annotations)
+    g_all, _, _ = T.tradeoff(focus=False)
+    assert g_all.layout.yaxis.range is None
+    (trace,) = lat.data
+    assert list(trace.x) == sorted(trace.x) and trace.error_y.array is not None
+    assert "Latency vs keep ratio" in lat.layout.title.text and "overhead" in md
 
 
 def test_sweep_on_demand_small():
-    g, lat, md = H.sweep_dataset("bundled-eval:8", 8, False, session="test-sweep")
+    g, lat, md = T.sweep_dataset("bundled-eval:8", 8, False, session="test-sweep")
     assert len(g.data) >= 3 and "8 images" in md
     with pytest.raises(gr.Error, match="could not run"):
-        H.sweep_dataset("/no/such/folder", 8, session="test-sweep")
+        T.sweep_dataset("/no/such/folder", 8, session="test-sweep")
     with pytest.raises(gr.Error, match="between"):
-        H.sweep_dataset("bundled-eval:8", 10**6, session="test-sweep")
+        T.sweep_dataset("bundled-eval:8", 10**6, session="test-sweep")
 
 
 def test_prune_with_learnable_tokens(analysed, monkeypatch):
@@ -388,7 +410,7 @@ def test_other_model_geometry(tiny):
     full, left, right, md = H.prune(0.25, "golden", "attention", ", ".join(engine.DEFAULT_REAL_LABELS[:5]),
                                     session=sid)
     assert len(full) == 5 and "4 of 16" in md
-    H.curve("cat, dog", session=sid)
+    C.curve("cat, dog", session=sid)
     store.session(sid).model_key = "bundled"
 
 

@@ -87,3 +87,36 @@ def test_mergers_are_drawn_or_not_offered(sid):
 def test_number_box_transients_are_not_ratios():
     assert not state.ratio_in_range("") and not state.ratio_in_range(0) and not state.ratio_in_range(None)
     assert state.ratio_in_range(0.02) and state.ratio_in_range("0.5") and state.ratio_in_range(1)
+
+
+def test_prune_layer_reanalyses_and_the_predictor_stays_at_its_own_block(sid):
+    _stream(sid, str(S.EXAMPLE), View(0.5, "golden", "predictor", LABELS))
+    assert store.session(sid).analysis.model.prune_layer == 1 and "predictor" in store.session(sid).analysis.orders
+    store.session(sid).layer = 2
+    steps = list(state.reanalysis_stream(View(0.5, "golden", "predictor", LABELS), session=sid))
+    a = store.session(sid).analysis
+    assert a.model.prune_layer == 2 and engine.REGISTRY.bundled().prune_layer == 1   # shared model untouched
+    assert "exists only for that layer" in a.missing["predictor"]
+    assert steps[0]["right"] == "attention" and "from block 2 on" in steps[-2]["agreement"]
+    assert "pruned at block 2" in steps[-2]["status"]
+    store.session(sid).layer = None
+
+
+def test_class_conditioned_golden_and_smallest_keep_ratio(sid, monkeypatch):
+    seen = {}
+
+    def golden(m, x, mode, progress=None, target=None):
+        seen["target"] = target
+        return engine.ranker_order(m, x, "norm")
+    monkeypatch.setattr(engine, "golden_order", golden)
+    store.session(sid).golden_target = "class:sandal"
+    steps = _stream(sid, str(S.EXAMPLE), View(0.5, "golden", "attention", LABELS))
+    assert seen["target"]["score"] == "label" and seen["target"]["classnames"][seen["target"]["labels"][0]] == "sandal"
+    assert H.golden_title(store.session(sid).analysis) == "for 'sandal'"
+    d = store.session(sid).curve
+    for name, row in d["rankers"].items():            # kept from min_keep on, and changed just below it
+        i = d["ratios"].index(row["min_keep"])
+        assert all(t == d["top_class"] for t in row["top1"][i:]), name
+        assert row["flip"] is None or row["flip"] < row["min_keep"]
+    assert "smallest keep ratio" in steps[-1]["minkeep"]
+    store.session(sid).golden_target = "similarity"

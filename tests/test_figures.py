@@ -100,3 +100,20 @@ def test_cli_main(tmp_path, capsys):
     assert figures.main([str(p), "--format", "md"]) == 0
     assert capsys.readouterr().out.startswith("| method |")
     assert figures.main([str(tmp_path / "missing.json")]) == 1
+
+
+def test_off_scale_method_and_focus_range():
+    """A method far below the rest (token norm on the bundled sweep) is named, and the focus
+    range covers the others with their intervals; nothing is off scale in a tight field."""
+    drops = {"golden": 0.02, "predictor": 0.03, "random": 0.06, "norm": 0.5}
+    rows = [{"method": m, "ratio": r, "accuracy": 0.9 - d * (1 - r) / 0.7, "gflops": 0.4 * r,
+             "ci_low": 0.88 - d * (1 - r) / 0.7, "ci_high": 0.92 - d * (1 - r) / 0.7}
+            for m, d in drops.items() for r in (1.0, 0.6, 0.3)]
+    tight = figures.parse_results({"meta": {}, "rows": [r for r in rows if r["method"] != "norm"]})
+    assert figures.off_scale(tight) == {} and figures.focus_range(tight) is None
+    res = figures.parse_results({"meta": {"full": {"accuracy": 0.9}}, "rows": rows})
+    assert figures.off_scale(res) == {"norm": pytest.approx(0.4)}
+    lo, hi = figures.focus_range(res)
+    others = [r for r in res.rows if r["method"] != "norm"]
+    assert lo <= min(r["ci_low"] for r in others) and hi >= max(r["ci_high"] for r in others)
+    assert lo > 0.8

@@ -91,6 +91,22 @@ def test_prune_layer_default_and_setter(tiny):
             tiny.prune_layer = bad
 
 
+def test_at_layer_shares_weights_and_leaves_the_model_alone(tiny):
+    k0 = tiny.prune_layer
+    other = tiny.at_layer(k0 + 1)
+    assert other.prune_layer == k0 + 1 and tiny.prune_layer == k0 and tiny.at_layer(k0) is tiny
+    assert other.clip is tiny.clip and other.model_id == tiny.model_id
+    x = torch.randn(1, 3, *tiny.image_size)
+    keep = torch.arange(4)[None]
+    with torch.inference_mode():
+        a, b = tiny.encode_image(x, keep), other.encode_image(x, keep)
+        assert not torch.allclose(a, b)                  # pruned at another block
+        assert torch.allclose(tiny.encode_image(x), other.encode_image(x), atol=1e-6)
+    assert float(other.flops(keep=4)) > float(tiny.flops(keep=4))     # pruned later: more work
+    with pytest.raises(PatchRankError, match="prune_layer"):
+        tiny.at_layer(tiny.num_layers)
+
+
 def test_model_id_tells_weights_apart():
     from tests.conftest import tiny_vit
     assert tiny_vit(seed=0).model_id == tiny_vit(seed=0).model_id
