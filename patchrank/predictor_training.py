@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import copy
 import math
+import os
 import sys
 import time
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from . import metrics as M
 from . import rankers
 from .errors import ModelMismatch, PatchRankError
 from .predictor import DEFAULT_LOSS, LOSSES, Predictor
+from .resume import load_state, run_key, save_state
 
 
 @dataclass
@@ -129,14 +131,17 @@ def train_on_features(predictor: Predictor, feats: torch.Tensor, orders: torch.T
                       lr: float = 1e-3, wd: float = 1e-4, cosine: bool = True,
                       val_fraction: float = 0.1, patience: int | None = 10, seed: int = 0,
                       progress=None, loss_kwargs: dict | None = None,
-                      threads: int | None = None, owned: torch.Tensor | None = None) -> TrainResult:
+                      threads: int | None = None, owned: torch.Tensor | None = None,
+                      checkpoint: str | os.PathLike | None = None) -> TrainResult:
     """Train ``predictor`` on cached tokens ``feats`` against golden ``orders`` [N,P].
 
     Adam (lr 1e-3, weight decay 1e-4) with a cosine schedule to lr/10 over the planned steps
     (docs/paper.md: CosineAnnealingLR to 1e-4), no augmentation (rankings are tied to the exact crop).
     A seeded ``val_fraction`` of the images is held out; after each epoch the validation loss
     decides early stopping (``patience`` epochs without improvement) and the best epoch's weights
-    are kept. Deterministic for a given seed. ``owned``: the positions (into ``orders``) whose
+    are kept. Deterministic for a given seed. ``checkpoint``: a file the state is saved to after
+    every epoch; a rerun with the same settings and data resumes from it and ends where an
+    uninterrupted run would (the caller deletes it when done). ``owned``: the positions (into ``orders``) whose
     rows ``feats`` holds, data-parallel (default: all, ``feats`` [N,1+P,D]). ``threads``: torch
     CPU threads while training (the network is tiny; 1 thread avoids OpenMP spin-waits on a busy
     machine), restored afterwards."""
@@ -147,7 +152,7 @@ def train_on_features(predictor: Predictor, feats: torch.Tensor, orders: torch.T
         torch.set_num_threads(threads)
     try:
         return _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr, wd, cosine,
-                      val_fraction, patience, seed, progress, loss_kwargs)
+                      val_fraction, patience, seed, progress, loss_kwargs, checkpoint)
     finally:
         torch.set_num_threads(before)
 
@@ -225,64 +230,109 @@ def _optimiser(predictor, lr: float, wd: float, cosine: bool, total_steps: int):
     return opt, sched
 
 
+@dataclass
+class _Run:
+    """The training loop's state between epochs: what a checkpoint holds besides the weights."""
+    epoch: int = 0
+    history: list = field(default_factory=list)
+    best: float = math.inf
+    best_state: dict | None = None
+    best_epoch: int = 0
+    stale: int = 0
+    stopped: bool = False
+
+
+def _resume(path, key: str, predictor, opt, sched, gen) -> _Run:
+    """The state of an interrupted run with the same ``key`` (``patchrank.resume``), else fresh."""
+    ck = load_state(path, key)
+    if ck is None:
+        return _Run()
+    predictor.load_state_dict(ck["predictor"])
+    opt.load_state_dict(ck["opt"])
+    if sched is not None:
+        sched.load_state_dict(ck["sched"])
+    gen.set_state(ck["gen"])
+    return _Run(**ck["run"])
+
+
+def _save_checkpoint(path, key: str, run: _Run, predictor, opt, sched, gen) -> None:
+    save_state(path, key, {"predictor": predictor.state_dict(), "opt": opt.state_dict(),
+                           "sched": sched.state_dict() if sched is not None else None,
+                           "gen": gen.get_state(), "run": run.__dict__})
+
+
 def _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr, wd, cosine,
-           val_fraction, patience, seed, progress, loss_kwargs) -> TrainResult:
+           val_fraction, patience, seed, progress, loss_kwargs, checkpoint=None) -> TrainResult:
     t0 = time.perf_counter()
     orders = _check_orders(torch.as_tensor(orders), predictor.num_patches)
-    n = len(orders)
-    shard = _Shard(feats, owned, n)
-    train_idx, val_idx = split(n, val_fraction, seed)
-    gen = torch.Generator().manual_seed(seed)
-    # data-parallel: the shuffle must match across ranks, the pair sampling of a loss need not
-    loss_gen = gen if distributed.group() is None else torch.Generator().manual_seed(
-        seed + 1 + distributed.rank_world()[0])
+    shard = _Shard(feats, owned, len(orders))
+    train_idx, val_idx = split(len(orders), val_fraction, seed)
     fn, kw = LOSSES[loss], dict(loss_kwargs or {})
     if loss == "kl":
         kw.setdefault("keep_ratio", keep_ratio)
+    settings = {"loss": loss, "keep_ratio": keep_ratio, "epochs": epochs, "batch": batch, "lr": lr,
+                "weight_decay": wd, "cosine": cosine, "val_fraction": val_fraction,
+                "patience": patience, "seed": seed, "loss_kwargs": loss_kwargs or {}}
     opt, sched = _optimiser(predictor, lr, wd, cosine, max(1, epochs * math.ceil(len(train_idx) / batch)))
+    gen = torch.Generator().manual_seed(seed)
+    torch.randperm(len(orders), generator=gen)     # the split's draw: shuffles as before ``split``
+    run = _resume(checkpoint, run_key(settings, orders, predictor.model_id), predictor, opt, sched, gen)
     report = _reporter(progress if distributed.rank_world()[0] == 0 else None)
 
     def evaluate(ratios: tuple) -> dict:
         return _evaluate(predictor, shard, orders, val_idx, fn, kw, seed, ratios)
 
-    history, best, best_state, best_epoch, stale = [], math.inf, None, 0, 0
-    for epoch in range(epochs):
-        predictor.train()
-        total = 0.0
-        batches = train_idx[torch.randperm(len(train_idx), generator=gen)].split(batch)
-        for idx in batches:
-            total += _step(predictor, opt, sched, fn, shard, orders, idx, loss_gen, kw) * len(idx)
-        entry = {"epoch": epoch + 1, "train_loss": total / max(len(train_idx), 1),
-                 "lr": opt.param_groups[0]["lr"]}
+    while run.epoch < epochs and not run.stopped:
+        _epoch(run, predictor, opt, sched, fn, kw, shard, orders, train_idx, batch, gen, seed)
+        entry = run.history[-1]
         if len(val_idx):
             entry.update(evaluate((keep_ratio,)))
-        history.append(entry)
-        report("train", epoch + 1, epochs,
+        report("train", run.epoch, epochs,
                {k: v for k, v in entry.items() if k in ("train_loss", "val_loss", "kendall_tau")})
-        crit = entry.get("val_loss", entry["train_loss"])
-        if crit < best - 1e-7:
-            best, best_epoch, stale = crit, epoch + 1, 0
-            best_state = copy.deepcopy(predictor.state_dict())
-        else:
-            stale += 1
-            if patience is not None and len(val_idx) and stale >= patience:
-                report("train", epochs, epochs, {"stopped_early_at": epoch + 1})
-                break
-    if best_state is not None:
-        predictor.load_state_dict(best_state)
+        _keep_best(run, entry, predictor, patience if len(val_idx) else None)
+        _save_checkpoint(checkpoint, run_key(settings, orders, predictor.model_id), run, predictor, opt, sched, gen)
+    if run.stopped:
+        report("train", epochs, epochs, {"stopped_early_at": run.epoch})
+    if run.best_state is not None:
+        predictor.load_state_dict(run.best_state)
     predictor.eval()
     val_metrics = {}
     if len(val_idx):
         ev = evaluate(tuple(sorted({keep_ratio, 0.6, 0.4}, reverse=True)))
         val_metrics = {"loss": ev.pop("val_loss"), **ev}
-    settings = {"loss": loss, "keep_ratio": keep_ratio, "epochs": epochs, "batch": batch, "lr": lr,
-                "weight_decay": wd, "cosine": cosine, "val_fraction": val_fraction,
-                "patience": patience, "seed": seed, "loss_kwargs": loss_kwargs or {}}
     predictor.meta.update({"loss": loss, "keep_ratio": keep_ratio, "val_metrics": val_metrics,
-                           "best_epoch": best_epoch, "settings": settings,
+                           "best_epoch": run.best_epoch, "settings": settings,
                            "num_train": len(train_idx), "num_val": len(val_idx)})
-    return TrainResult(predictor, history, val_metrics, best_epoch, len(train_idx), len(val_idx),
-                       time.perf_counter() - t0)
+    return TrainResult(predictor, run.history, val_metrics, run.best_epoch, len(train_idx),
+                       len(val_idx), time.perf_counter() - t0)
+
+
+def _epoch(run: _Run, predictor, opt, sched, fn, kw, shard, orders, train_idx, batch, gen, seed) -> None:
+    """One pass over the training images in a seeded order (the same on every rank). In one
+    process the loss's pair sampling draws from the same generator (as before checkpoints
+    existed, so results did not change); data-parallel, each rank draws from its own, seeded
+    per epoch so a resumed run samples as an uninterrupted one would."""
+    rank = distributed.rank_world()[0]
+    loss_gen = gen if distributed.group() is None else torch.Generator().manual_seed(
+        seed + 1 + rank + 7919 * run.epoch)
+    predictor.train()
+    total = 0.0
+    for idx in train_idx[torch.randperm(len(train_idx), generator=gen)].split(batch):
+        total += _step(predictor, opt, sched, fn, shard, orders, idx, loss_gen, kw) * len(idx)
+    run.epoch += 1
+    run.history.append({"epoch": run.epoch, "train_loss": total / max(len(train_idx), 1),
+                        "lr": opt.param_groups[0]["lr"]})
+
+
+def _keep_best(run: _Run, entry: dict, predictor, patience: int | None) -> None:
+    """Best epoch by validation loss (training loss without validation); early stopping."""
+    crit = entry.get("val_loss", entry["train_loss"])
+    if crit < run.best - 1e-7:
+        run.best, run.best_epoch, run.stale = crit, run.epoch, 0
+        run.best_state = copy.deepcopy(predictor.state_dict())
+    else:
+        run.stale += 1
+        run.stopped = patience is not None and run.stale >= patience
 
 
 def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_ratio: float = 0.6,
@@ -290,7 +340,8 @@ def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_rati
                     cosine: bool = True, val_fraction: float = 0.1, patience: int | None = 10,
                     seed: int = 0, progress=None, predictor: Predictor | None = None,
                     feature_batch: int = 32, cache_dtype: torch.dtype = torch.float32,
-                    loss_kwargs: dict | None = None, threads: int | None = None) -> TrainResult:
+                    loss_kwargs: dict | None = None, threads: int | None = None,
+                    checkpoint: str | os.PathLike | None = None) -> TrainResult:
     """Train a predictor for model ``m`` on the images of ``dataset`` that have a golden ranking.
 
     ``dataset``: ``.ids`` (image ids) and ``.image(i)`` (the i-th image: PIL, or a preprocessed
@@ -330,7 +381,8 @@ def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_rati
     res = train_on_features(predictor, feats, orders, loss=loss, keep_ratio=keep_ratio, epochs=epochs,
                             batch=batch, lr=lr, wd=wd, cosine=cosine, val_fraction=val_fraction,
                             patience=patience, seed=seed, progress=report, loss_kwargs=loss_kwargs,
-                            threads=threads, owned=owned if distributed.group() else None)
+                            threads=threads, owned=owned if distributed.group() else None,
+                            checkpoint=checkpoint)
     res.predictor.meta["model"] = {"name": m.name, "pretrained": m.pretrained}
     if meta:
         res.predictor.meta["rankings"] = {k: meta.get(k) for k in ("settings", "settings_hash", "data")}

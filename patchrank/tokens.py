@@ -40,6 +40,7 @@ import torch.nn.functional as F
 
 from . import forward, rankers
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable, check_made_for
+from .resume import load_state, run_key, save_state
 from .zeroshot import ZeroShotClassifier, clean_classnames
 
 FORMAT = "patchrank-tokens"
@@ -437,7 +438,8 @@ class TrainLog:
 def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classnames: Sequence[str], *,
                  ratios: Sequence[float] | None = None, epochs: int = 10, batch: int = 8,
                  lr: float = 1e-2, optimizer: str = "adamw", weight_decay: float = 0.0,
-                 seed: int = 0, objective: str = "ce", progress: bool = False) -> TrainLog:
+                 seed: int = 0, objective: str = "ce", progress: bool = False,
+                 checkpoint: str | os.PathLike | None = None) -> TrainLog:
     """Train ``tokens`` in place: per step, a batch of cached images at one keep ratio drawn
     from ``ratios`` (default: all the cache holds), cosine learning rate to 0, backbone and ranker
     frozen. Objectives on the pruned zero-shot logits:
@@ -448,7 +450,50 @@ def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classna
       temperature). It asks the tokens for exactly what they are for, recovering what pruning
       changed, needs no labels, and at keep 1.0 its optimum is "change nothing", so tokens
       trained this way cannot learn to trade full-model accuracy for a better fit of few shots.
+
+    ``checkpoint``: state saved after every epoch (``patchrank.resume``); a rerun with the same
+    settings resumes and ends where an uninterrupted run would.
     """
+    ratios, y = _check_training(m, tokens, cache, labels, objective, ratios, epochs, batch)
+    opt = _token_optimiser(tokens, optimizer, lr, weight_decay)
+    n = len(cache)
+    per_epoch = math.ceil(n / batch)
+    total = epochs * per_epoch
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
+    g = torch.Generator().manual_seed(seed)
+    settings = {"ratios": ratios, "epochs": epochs, "batch": batch, "lr": lr, "optimizer": optimizer,
+                "weight_decay": weight_decay, "seed": seed, "images": n, "objective": objective}
+    key = run_key(settings, cache.h, tokens.model_id, y)
+    log: list[float] = []
+    state = load_state(checkpoint, key)
+    if state is not None:
+        tokens.load_state_dict(state["tokens"])
+        opt.load_state_dict(state["opt"])
+        sched.load_state_dict(state["sched"])
+        g.set_state(state["gen"])
+        log = list(state["log"])
+    step = _TokenStep(m, tokens, cache, y, classnames, objective, opt, sched, ratios, g, batch)
+    bar = _progress(progress, total, "tune-tokens")
+    if bar:
+        bar.update(len(log) * per_epoch)
+    t0 = time.perf_counter()
+    tokens.train()
+    try:
+        with _frozen(m.clip):
+            while len(log) < epochs:
+                log.append(step.epoch(bar))
+                save_state(checkpoint, key, {"tokens": tokens.state_dict(), "opt": opt.state_dict(),
+                                             "sched": sched.state_dict(), "gen": g.get_state(),
+                                             "log": log})
+    finally:
+        tokens.eval()
+        if bar:
+            bar.close()
+    return TrainLog(log, total, time.perf_counter() - t0, settings)
+
+
+def _check_training(m, tokens, cache, labels, objective, ratios, epochs, batch):
+    """Validated ratios and labels tensor (-1 where there are none) for ``train_tokens``."""
     if objective not in ("ce", "distill"):
         raise PatchRankError(f"objective must be 'ce' or 'distill', got {objective!r}")
     tokens.check_model(m)
@@ -463,61 +508,59 @@ def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classna
         raise PatchRankError(f"{y.shape[0]} labels for {len(cache)} images")
     if epochs < 1 or batch < 1:
         raise PatchRankError("epochs and batch must be >= 1")
+    return ratios, y
+
+
+def _token_optimiser(tokens, optimizer: str, lr: float, weight_decay: float):
     params = [p for p in tokens.parameters()]
     if optimizer == "adamw":
-        opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    elif optimizer == "sgd":
-        opt = torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    else:
-        raise PatchRankError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
-    n = len(cache)
-    per_epoch = math.ceil(n / batch)
-    total = epochs * per_epoch
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.5 * (1 + math.cos(math.pi * s / total)))
-    g = torch.Generator().manual_seed(seed)
-    scale = float(m.clip.logit_scale.detach().exp())
-    # clone: the cached classifier is an inference tensor, unusable under autograd
-    hand_text = m.zero_shot(classnames).text.clone().to(m.device)
-    fixed_text = None if tokens.text_ctx is not None else hand_text
-    teacher = None
-    if objective == "distill":        # unpruned model, hand prompts: computed once per image
-        with torch.no_grad():
-            teacher = torch.cat([F.softmax(_logits(m, None, cache.h[i:i + 64], hand_text, scale), -1)
-                                 for i in range(0, n, 64)])
-    bar = _progress(progress, total, "tune-tokens")
-    log: list[float] = []
-    t0 = time.perf_counter()
-    tokens.train()
-    try:
-        with _frozen(m.clip):
-            for _ in range(epochs):
-                perm, run = torch.randperm(n, generator=g), 0.0
-                for b in range(per_epoch):
-                    idx = perm[b * batch:(b + 1) * batch]
-                    q = ratios[int(torch.randint(len(ratios), (1,), generator=g))]
-                    text = fixed_text if fixed_text is not None else tokens.text_features(m, classnames)
-                    logits = _logits(m, tokens, cache.sequence(q, idx), text, scale)
-                    if teacher is None:
-                        loss = F.cross_entropy(logits, y[idx].to(logits.device))
-                    else:
-                        loss = F.kl_div(F.log_softmax(logits, -1), teacher[idx].to(logits.device),
-                                        reduction="batchmean")
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    sched.step()
-                    run += loss.item() * len(idx)
-                    if bar:
-                        bar.update(1)
-                        bar.set_postfix(loss=f"{loss.item():.3f}", keep=q, refresh=False)
-                log.append(run / n)
-    finally:
-        tokens.eval()
-        if bar:
-            bar.close()
-    settings = {"ratios": ratios, "epochs": epochs, "batch": batch, "lr": lr, "optimizer": optimizer,
-                "weight_decay": weight_decay, "seed": seed, "images": n, "objective": objective}
-    return TrainLog(log, total, time.perf_counter() - t0, settings)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    if optimizer == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
+    raise PatchRankError(f"optimizer must be 'adamw' or 'sgd', got {optimizer!r}")
+
+
+class _TokenStep:
+    """One epoch of token training: what stays fixed across epochs (text side, teacher)."""
+
+    def __init__(self, m, tokens, cache, y, classnames, objective, opt, sched, ratios, g, batch):
+        self.m, self.tokens, self.cache, self.y, self.classnames = m, tokens, cache, y, classnames
+        self.opt, self.sched, self.ratios, self.g, self.batch = opt, sched, ratios, g, batch
+        self.scale = float(m.clip.logit_scale.detach().exp())
+        # clone: the cached classifier is an inference tensor, unusable under autograd
+        hand_text = m.zero_shot(classnames).text.clone().to(m.device)
+        self.fixed_text = None if tokens.text_ctx is not None else hand_text
+        self.teacher = None
+        if objective == "distill":        # unpruned model, hand prompts: computed once per image
+            with torch.no_grad():
+                self.teacher = torch.cat([
+                    F.softmax(_logits(m, None, cache.h[i:i + 64], hand_text, self.scale), -1)
+                    for i in range(0, len(cache), 64)])
+
+    def epoch(self, bar) -> float:
+        """A pass over the cache in a seeded order; returns the mean loss."""
+        n = len(self.cache)
+        perm, run = torch.randperm(n, generator=self.g), 0.0
+        for b in range(math.ceil(n / self.batch)):
+            idx = perm[b * self.batch:(b + 1) * self.batch]
+            q = self.ratios[int(torch.randint(len(self.ratios), (1,), generator=self.g))]
+            text = (self.fixed_text if self.fixed_text is not None
+                    else self.tokens.text_features(self.m, self.classnames))
+            logits = _logits(self.m, self.tokens, self.cache.sequence(q, idx), text, self.scale)
+            if self.teacher is None:
+                loss = F.cross_entropy(logits, self.y[idx].to(logits.device))
+            else:
+                loss = F.kl_div(F.log_softmax(logits, -1), self.teacher[idx].to(logits.device),
+                                reduction="batchmean")
+            self.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            self.opt.step()
+            self.sched.step()
+            run += loss.item() * len(idx)
+            if bar:
+                bar.update(1)
+                bar.set_postfix(loss=f"{loss.item():.3f}", keep=q, refresh=False)
+        return run / n
 
 
 @torch.no_grad()

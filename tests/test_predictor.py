@@ -3,6 +3,7 @@ import io
 import json
 import math
 from contextlib import redirect_stdout
+from pathlib import Path
 
 import pytest
 import torch
@@ -15,6 +16,8 @@ from patchrank import rankers
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
 from .conftest import tiny_vit
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -273,3 +276,32 @@ def test_cli_train_predictor(tmp_path, bundled):
     rc = main(["train-predictor", "--rankings", str(tmp_path / "nothing"), "--data", "bundled-eval",
                "--out", str(tmp_path / "q.safetensors"), "--no-progress"])
     assert rc == 1                          # a run-time error (usage errors are 2)
+
+
+def test_interrupted_training_resumes_where_it_stopped(bundled, tmp_path):
+    """A checkpoint after every epoch: killed while epoch 2 of 4 reports (before its checkpoint),
+    the rerun redoes epoch 2 from epoch 1's state and ends with the weights an uninterrupted run
+    has."""
+    from patchrank import store
+    from patchrank.data.datasets import open_dataset
+    meta, ranks = store.load_rankings(ROOT / "assets" / "results" / "golden-eval")
+    ds = open_dataset("bundled-eval", 64)
+    kw = dict(epochs=4, batch=16, loss="margin", seed=3)
+    whole = T.train_predictor(bundled, ds, (meta, ranks), **kw)
+
+    def stop_after_two(stage, done, total, info=None):
+        if stage == "train" and done == 2:
+            raise KeyboardInterrupt
+    ck = tmp_path / "p.safetensors.ckpt"
+    with pytest.raises(KeyboardInterrupt):
+        T.train_predictor(bundled, ds, (meta, ranks), progress=stop_after_two, checkpoint=ck, **kw)
+    assert ck.is_file()
+    epochs_seen = []
+    resumed = T.train_predictor(bundled, ds, (meta, ranks), checkpoint=ck, **kw,
+                                progress=lambda s, d, t, i=None: epochs_seen.append(d) if s == "train" else None)
+    assert epochs_seen == [2, 3, 4]
+    assert all(torch.equal(a, b) for a, b in zip(whole.predictor.state_dict().values(),
+                                                 resumed.predictor.state_dict().values()))
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in whole.history]
+    with pytest.raises(PatchRankError, match="checkpoint of another training"):
+        T.train_predictor(bundled, ds, (meta, ranks), checkpoint=ck, **{**kw, "seed": 4})

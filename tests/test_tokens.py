@@ -202,3 +202,35 @@ def test_keep_range_from_training(bundled):
     t.meta["train"] = {"ratios": [0.4, 0.5, 0.8]}
     assert t.keep_range == (0.4, 0.8)
     assert t.covers(0.4) and t.covers(0.8) and not t.covers(0.9) and not t.covers(0.3)
+
+
+def test_interrupted_token_training_resumes(tiny, tmp_path, monkeypatch):
+    """A checkpoint after every epoch: stopped during epoch 3 of 4, the rerun redoes epoch 3 and
+    ends with the tokens and losses of an uninterrupted run."""
+    imgs = _images(tiny, 12, seed=5)
+    labels, names = [i % 3 for i in range(12)], ["cat", "dog", "car"]
+    cache = T.precompute(tiny, imgs, "random", [0.5, 1.0])
+    kw = dict(epochs=4, batch=4, lr=1e-2, seed=2)
+
+    def fresh():
+        return T.LearnableTokens.for_model(tiny, 2, text_ctx=2, seed=2)
+    whole = fresh()
+    log = T.train_tokens(tiny, whole, cache, labels, names, **kw)
+    real_epoch, calls = T._TokenStep.epoch, []
+
+    def stop_in_third(self, bar):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_epoch(self, bar)
+    ck = tmp_path / "t.ckpt"
+    monkeypatch.setattr(T._TokenStep, "epoch", stop_in_third)
+    with pytest.raises(KeyboardInterrupt):
+        T.train_tokens(tiny, fresh(), cache, labels, names, checkpoint=ck, **kw)
+    monkeypatch.setattr(T._TokenStep, "epoch", real_epoch)
+    resumed = fresh()
+    log2 = T.train_tokens(tiny, resumed, cache, labels, names, checkpoint=ck, **kw)
+    assert log2.epoch_loss == log.epoch_loss
+    assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
+    with pytest.raises(T.PatchRankError, match="checkpoint of another training"):
+        T.train_tokens(tiny, fresh(), cache, labels, names, checkpoint=ck, **{**kw, "lr": 2e-2})

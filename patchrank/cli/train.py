@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from .options import (Command, default_of, hidden_alias, joined, load, non_negative_int, one_ratio,
                       positive_int, ratio_list)
@@ -116,15 +117,17 @@ def run_train_predictor(a: argparse.Namespace) -> dict:
         raise PatchRankError(f"{a.rankings} does not record its dataset; give --data")
     a.prune_layer = (meta.get("settings") or {}).get("prune_layer")   # the layer the rankings pruned
     m = load(a)
+    checkpoint = Path(a.out).with_name(Path(a.out).name + ".ckpt")   # rerun after a kill: resumes
     res = train_predictor(m, open_dataset(data), (meta, ranks), loss=a.loss, keep_ratio=a.ratios,
                           epochs=a.epochs, batch=a.batch, lr=a.lr, wd=a.wd,
                           val_fraction=a.val_fraction, patience=a.patience or None, seed=a.seed,
-                          progress=not a.no_progress)
+                          progress=not a.no_progress, checkpoint=checkpoint)
     from ..distributed import rank_world
     if rank_world()[0] != 0:              # data-parallel: every rank holds the same predictor
         return None
     res.predictor.meta["command"] = getattr(a, "command_line", None)   # for its model card
     path = res.predictor.save(a.out)
+    checkpoint.unlink(missing_ok=True)
     return {"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
             **res.summary(), "cost": res.predictor.cost(m, a.ratios)}
 
@@ -167,13 +170,14 @@ def add_tune_tokens(p: argparse.ArgumentParser) -> None:
 def run_tune_tokens(a: argparse.Namespace) -> dict:
     from ..tokens import describe_ranker, few_shot, measure_on, tune_tokens
     m = load(a)
+    checkpoint = Path(a.out).with_name(Path(a.out).name + ".ckpt")   # rerun after a kill: resumes
     r, source = resolve_ranker(a.ranker, m)
     images, labels, classnames = few_shot(a.data, a.shots)
     t, log = tune_tokens(m, images, labels, classnames, ranker=r, ratios=a.ratios,
                          num_visual=a.visual, deep=a.deep, text_ctx=a.text_ctx,
                          ctx_init=a.ctx_init, init=a.init, seed=a.seed, progress=not a.no_progress,
                          epochs=a.epochs, batch=a.batch, lr=a.lr, optimizer=a.optimizer,
-                         weight_decay=a.wd, objective=a.objective)
+                         weight_decay=a.wd, objective=a.objective, checkpoint=checkpoint)
     t.meta["ranker"] = describe_ranker(r, source)
     t.meta["data"] = {"spec": a.data, "shots": a.shots, "images": len(images)}
     t.meta["model"] = {"name": m.name, "pretrained": m.pretrained}
@@ -183,6 +187,7 @@ def run_tune_tokens(a: argparse.Namespace) -> dict:
     if ev_spec != "none":
         t.meta["accuracy"] = measure_on(m, t, r, ev_spec, a.ratios, progress=not a.no_progress)
     path = t.save(a.out)
+    checkpoint.unlink(missing_ok=True)
     return {"out": str(path), "model_id": m.model_id, "prune_layer": m.prune_layer,
             "num_visual": t.num_visual, "deep": t.deep, "n_ctx": t.n_ctx,
             "ranker": t.meta["ranker"], "train": log.summary(), "accuracy": t.meta.get("accuracy")}
