@@ -15,7 +15,6 @@ import itertools
 import json
 import threading
 import time
-from pathlib import Path
 
 from tests import app_support as S  # noqa: F401  (the app's temp folder, before gradio loads)
 import gradio as gr
@@ -216,9 +215,9 @@ def test_examples_ranked_in_background_and_found_on_disk(bundled, monkeypatch):
 
 def test_background_thread_stops_on_model_switch_and_pauses_for_requests(bundled, monkeypatch):
     monkeypatch.setenv(example_cache.ENV, "1")
-    started, release = threading.Event(), threading.Event()
+    started = threading.Event()
 
-    def slow(m, x, mode, progress=None):                  # a search in chunks, as the engine's
+    def slow(m, x, mode, progress=None, target=None):     # a search in chunks, as the engine's
         started.set()
         for i in range(200):
             progress(i / 200, "chunk")
