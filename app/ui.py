@@ -277,7 +277,14 @@ def _wire_controls(c: dict[str, Any], view_in: list, model_kw: dict, draw_kw: di
 
 
 #: Brings the panels into view after an example click (narrow pages stack the examples above).
-SHOW_RESULTS = "() => { document.getElementById('pr-panels')?.scrollIntoView({behavior: 'smooth'}); }"
+#: After an example click: bring the panels into view, and again once the first results have
+#: arrived if the user has not scrolled meanwhile (a note above the panels that appears or goes
+#: with the new image shifts them; scrolling once left them off screen on a narrow page).
+SHOW_RESULTS = """() => {
+  const go = () => { document.getElementById('pr-panels')?.scrollIntoView({block: 'start'}); return window.scrollY; };
+  const at = go();
+  for (const ms of [600, 1500]) setTimeout(() => { if (Math.abs(window.scrollY - at) < 400) go(); }, ms);
+}"""
 
 
 def _wire_api(c: dict[str, Any], model_kw: dict, draw_kw: dict) -> None:

@@ -375,7 +375,7 @@ def test_narrow_page_example_click_brings_results_into_view(page):
         assert panels["y"] > image["y"] + image["height"]          # one column: panels below
         page.locator("[data-testid=examples] button, .gallery-item").nth(3).click()
         _wait_text(page, "pr-status", "scene-04")
-        page.wait_for_timeout(1000)
+        page.wait_for_timeout(2000)          # the re-scroll after the photo's note went away
         top = page.locator("#pr-panels").bounding_box()["y"]
         assert -2 <= top < 400, top                     # scrolled to the results (sub-pixel)
         assert page.locator("#pr-mask-left").bounding_box()["width"] > 300   # captions readable
