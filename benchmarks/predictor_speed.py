@@ -1,4 +1,4 @@
-"""Predictor-driven pruned inference vs its FLOP-ideal speed (issue 5 acceptance: >= 0.93).
+"""Predictor-driven pruned inference vs its FLOP-ideal speed (the project's bar: >= 0.93).
 
 FLOP-ideal time = full-model time x (analytic GFLOPs at the keep ratio / full GFLOPs): what a
 perfectly FLOP-proportional implementation would take. The measured path includes everything a

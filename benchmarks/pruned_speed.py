@@ -10,7 +10,7 @@ same run. bfloat16 is timed only where the CPU accelerates it (AMX / avx512_bf16
 bf16 matmul is orders of magnitude slower than fp32 and the row is reported as skipped.
 Rows "predictor R" prune with a random-init predictor (``encode_image(keep_ratio=R,
 ranker=predictor)``: prefix, predictor, top-k, gather, suffix); their FLOP-ideal is the pruned
-encoder's alone, so the predictor's own cost counts against them (issue 5: >= 0.93 at batch 8).
+encoder's alone, so the predictor's own cost counts against them (the project's bar: >= 0.93 at batch 8).
 """
 from __future__ import annotations
 

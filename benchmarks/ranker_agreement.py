@@ -1,4 +1,4 @@
-"""How well does each ranker agree with the golden ranking? (issue 5: predictor vs CLS attention)
+"""How well does each ranker agree with the golden ranking? (the predictor vs CLS attention)
 
     python benchmarks/ranker_agreement.py --rankings assets/results/golden-eval [--limit N]
     python benchmarks/ranker_agreement.py --rankings runs/golden-val --rankers none \

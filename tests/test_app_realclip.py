@@ -1,4 +1,4 @@
-"""The app on real photos and real CLIP (issue 15, items 3 and 5), through the stand-in Hub.
+"""The app on real photos and real CLIP through the stand-in Hub (docs/app.md).
 
 - predictors listed per model (shipped list + PATCHRANK_PREDICTORS), loaded on choice from an
   ``hf-hub:`` repository, a failing one keeping the current predictor;

@@ -1,12 +1,12 @@
 """The shipped trade-off results (assets/results/) are what the shipped files compute, and they
-meet the issues' acceptance bars.
+meet the project's quality bars (README, results).
 
 The sweep stores, per row, which evaluation images it got right (``sweep.pack_hits``). Here the
 first ``SUBSET`` evaluation scenes are recomputed from the shipped golden rankings, predictor and
 tokens, and compared with those rows image by image: the subset's accuracy within 0.5 points and
 at most 1 % of images different (float noise near a decision boundary). A results file left
 behind by a change of predictor would fail; ``test_the_check_would_catch_a_swapped_ranker``
-proves it does for CLS attention in the predictor's place. The bars (issue 5): at keep 0.6 and
+proves it does for CLS attention in the predictor's place. The bars: at keep 0.6 and
 0.4, golden >= predictor >= CLS attention, token norm and random; the predictor within 2 points
 of golden at 0.6 and agreeing with golden better than CLS attention.
 """
