@@ -25,6 +25,7 @@ from patchrank.timing import interleaved
 from patchrank.tokens import load_tokens
 
 from .store import LRU
+from patchrank import ordering
 
 ON_SPACES = bool(os.environ.get("SPACE_ID"))
 
@@ -155,8 +156,7 @@ def registered_rankers() -> list[str]:
 
 
 def is_merger(name: str) -> bool:
-    r = rankers.resolve(name)
-    return hasattr(r, "reduce") and not hasattr(r, "scores")
+    return rankers.merges(name)
 
 
 @dataclass
@@ -312,7 +312,7 @@ def fuse_order(m: pr.PatchModel, prefix: torch.Tensor) -> np.ndarray:
     attention on the tokens entering it, best first (it keeps the first k-1, fuses the rest)."""
     block = forward.blocks(m.visual)[m.prune_layer]
     with torch.inference_mode():
-        return _order(rankers.order_from_scores(cls_attention(block, prefix)))
+        return _order(ordering.order_from_scores(cls_attention(block, prefix)))
 
 
 def unknown_labels(m: pr.PatchModel, labels: list[str]) -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import gradio as gr
+
+from patchrank.files import atomic_path
 from PIL import Image
 
 from . import curve as C, engine, exports as X, handlers as H, state as S, tradeoffs as T
@@ -55,12 +57,9 @@ class PanelFiles:
     def __call__(self, value):
         if not isinstance(value, Image.Image):
             return value
-        folder = H.app_tmp() / "panels"
-        folder.mkdir(parents=True, exist_ok=True)
-        name = uuid.uuid4().hex
-        tmp, path = folder / f".{name}.tmp", folder / f"{name}.jpg"
-        value.convert("RGB").save(tmp, "JPEG", quality=self.quality)
-        os.replace(tmp, path)
+        path = H.app_tmp() / "panels" / f"{uuid.uuid4().hex}.jpg"
+        with atomic_path(path) as tmp:
+            value.convert("RGB").save(tmp, "JPEG", quality=self.quality)
         with self._lock:
             self._recent.append(path)
             old = [self._recent.popleft() for _ in range(max(0, len(self._recent) - self.keep))]

@@ -22,11 +22,12 @@ import hashlib
 import json
 import os
 import threading
-import uuid
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
+
+from patchrank.files import atomic_path
 
 from . import engine
 from .inputs import InputError, load_image
@@ -69,10 +70,8 @@ def lookup(m, x, mode: str, target: dict | None = None) -> np.ndarray | None:
 
 def store(m, x, mode: str, order: np.ndarray) -> None:
     """Write atomically (a reader never sees half a file)."""
-    d = folder()
-    tmp = d / f".{uuid.uuid4().hex}.npy"
-    np.save(tmp, np.asarray(order, dtype=np.int64), allow_pickle=False)
-    os.replace(tmp, d / f"{key(m, x, mode)}.npy")
+    with atomic_path(folder() / f"{key(m, x, mode)}.npy") as tmp:
+        np.save(tmp, np.asarray(order, dtype=np.int64), allow_pickle=False)
 
 
 def golden_order(m, x, mode: str, progress: Callable | None = None,

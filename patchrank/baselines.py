@@ -15,7 +15,7 @@ rankers give ``scores(m, x, h) -> [B,P]`` (higher = kept first) and mergers give
 - ``tome``: ToMe-style bipartite soft matching (Bolya et al., ICLR 2023), merging the patches
   entering block k down to k tokens; ``tome_groups`` says which patches went into which token.
 
-Registered with ``patchrank.rankers`` at import time, so ``ranker="attention"`` etc. work.
+Named in ``patchrank.rankers``' registry, so ``ranker="attention"`` etc. work.
 """
 from __future__ import annotations
 
@@ -25,8 +25,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from . import forward, rankers
+from . import forward
 from .errors import PatchRankError
+from . import ordering
 
 
 # -- attention ------------------------------------------------------------------------------------
@@ -74,7 +75,7 @@ class AttentionRanker:
     ``forward.run_prefix(visual, x, k-1)`` (k-1 extra blocks; our own choice of faithfulness over
     cost). With k = 0 there is no earlier block: block 0's own attention on ``h`` is used."""
 
-    name = "attention"
+    name, kind = "attention", "scores"
 
     def gflops(self, m) -> float:
         """Per image: the recomputed prefix to block k-1 (patch embedding + blocks 0..k-2) plus
@@ -103,7 +104,7 @@ def fuse_tokens(h: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
         raise PatchRankError(f"k must be in [1, {p}], got {k}")
     if k == p:
         return h
-    order = rankers.order_from_scores(scores)
+    order = ordering.order_from_scores(scores)
     kept, dropped = order[:, :k - 1].sort(dim=1).values, order[:, k - 1:]
     w = scores.float().gather(1, dropped).clamp_min(0)
     w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
@@ -117,16 +118,16 @@ class AttentionFuseMerger:
     block k), not the input of block k-1, so it scores with block k's own CLS attention on ``h``
     — which is also what EViT does (it ranks by the attention of the block where it prunes)."""
 
-    name = "attention+fuse"
+    name, kind = "attention+fuse", "merge"
 
     def gflops(self, m) -> float:
         """Block k's CLS attention (no recomputation) plus the fused token's weighted sum 2PD."""
         return cls_attention_gflops(m) + 2 * m.num_patches * m.width / 1e9
 
-    def reduce(self, m, h: torch.Tensor, k: int) -> torch.Tensor:
+    def reduce(self, m, h: torch.Tensor, n_keep: int) -> torch.Tensor:
         with torch.no_grad():
             a = cls_attention(forward.blocks(m.visual)[m.prune_layer], h)
-        return fuse_tokens(h, a, k)
+        return fuse_tokens(h, a, n_keep)
 
 
 # -- norm and random ------------------------------------------------------------------------------
@@ -136,6 +137,8 @@ class NormRanker:
     have the *lower* norm (11.8 against 15.0 for background, on average over the evaluation
     split), so this ranker keeps background; ``norm-low`` (``largest=False``) ranks the other
     way, and the sweep shows both."""
+
+    kind = "scores"
 
     def __init__(self, largest: bool = True):
         self.largest = largest
@@ -154,7 +157,7 @@ class RandomRanker:
     """Uniform random scores. Each call draws from ``generator`` if given, else from a fresh
     generator seeded with ``seed``, so the default is the same choice every call."""
 
-    name = "random"
+    name, kind = "random", "scores"
 
     def __init__(self, seed: int = 0):
         self.seed = seed
@@ -246,7 +249,7 @@ class ToMeMerger:
     them), ``"tokens"`` on the tokens themselves. The matching itself (keys ~2PD^2, similarities
     ~2(P/2)^2 D per round) is extra work before block k, like any ranker's scoring."""
 
-    name = "tome"
+    name, kind = "tome", "merge"
 
     def __init__(self, metric: str = "keys"):
         if metric not in ("keys", "tokens"):
@@ -266,19 +269,11 @@ class ToMeMerger:
             met = block_keys(forward.blocks(m.visual)[m.prune_layer], h) if self.metric == "keys" else None
             return bipartite_merge(h, k, met)
 
-    def reduce(self, m, h: torch.Tensor, k: int) -> torch.Tensor:
-        return self.merge(m, h, k).tokens
+    def reduce(self, m, h: torch.Tensor, n_keep: int) -> torch.Tensor:
+        return self.merge(m, h, n_keep).tokens
 
 
 def tome_groups(m, x: torch.Tensor, keep_ratio: float = 0.6, metric: str = "keys") -> torch.Tensor:
     """Which merged token each patch ends up in, [B,P] with values 0..k-1 (the app's ToMe view)."""
     with torch.inference_mode():
         return ToMeMerger(metric).merge(m, m.prefix(x), m.keep_count(keep_ratio)).groups
-
-
-rankers.register("random", RandomRanker)
-rankers.register("attention", AttentionRanker)
-rankers.register("attention+fuse", AttentionFuseMerger)
-rankers.register("norm", NormRanker)
-rankers.register("norm-low", lambda: NormRanker(largest=False))
-rankers.register("tome", ToMeMerger)

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from .errors import WeightsUnavailable
+from .progress import bar as progress_bar
 
 #: The package's data folder; ``PATCHRANK_ASSETS`` points it elsewhere (a folder holding
 #: ``bundled/``), e.g. to try a retrained model without reinstalling.
@@ -40,15 +41,18 @@ def _require(path: Path) -> Path:
     return path
 
 
-def load_bundled(prune_layer: int | None = None):
+def load_bundled(prune_layer: int | None = None, folder: str | os.PathLike = BUNDLED_DIR):
+    """The bundled CLIP as a PatchModel; ``folder`` reads another export of ``train-clip``
+    (``--export``) instead, e.g. a training variant under comparison."""
     import open_clip
     from safetensors.torch import load_file
 
     from .models import PatchModel
     from .train_clip import build_clip
 
-    cfg = json.loads(_require(BUNDLED_DIR / "config.json").read_text())
-    wpath = _require(BUNDLED_DIR / "model.safetensors")
+    folder = Path(folder)
+    cfg = json.loads(_require(folder / "config.json").read_text())
+    wpath = _require(folder / "model.safetensors")
     sd = load_file(str(wpath))
     ids, rows = sd.pop("token_embedding.ids").long(), sd.pop("token_embedding.rows")
     table = torch.zeros(cfg["model_cfg"]["text_cfg"]["vocab_size"], rows.shape[1], dtype=rows.dtype)
@@ -143,14 +147,15 @@ def evaluate_bundled(m=None, ds: EvalSplit | None = None, seed: int = 0, batch: 
     Images whose target covers every patch (none here) would be skipped in (a). ``limit``: the
     first N scenes only (a quick check that an install works; the card's numbers use all)."""
     import patchrank as pr
-    from tqdm import tqdm
     m = m or pr.load_model()
     ds = ds or bundled_eval(limit)
     clf = m.zero_shot(list(ds.classnames))
     g = torch.Generator().manual_seed(seed)
     labels = torch.as_tensor(ds.labels)
     full, no_target, no_random, only_target = [], [], [], []
-    for i0 in tqdm(range(0, len(ds), batch), disable=not progress, unit="batch", desc="eval-bundled"):
+    bar = progress_bar(len(ds), "eval-bundled", unit="img", enabled=progress)
+    for i0 in range(0, len(ds), batch):
+        bar.update(min(batch, len(ds) - i0))
         x = torch.stack([m.preprocess(im) for im in ds.images[i0:i0 + batch]])
         full.append(clf.predict(m.encode_image(x)))
         for j in range(len(x)):

@@ -11,18 +11,16 @@ from pathlib import Path
 import torch
 
 from .errors import PatchRankError, WeightsUnavailable
+from .files import atomic_path
 
 
 def save_with_header(module: torch.nn.Module, path: str | os.PathLike, header: dict) -> Path:
     """Atomic write (tmp + rename): an interrupted save never leaves a half file."""
     from safetensors.torch import save_file
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().float().cpu().contiguous() for k, v in module.state_dict().items()}
-    tmp = path.with_name(path.name + ".tmp")
-    save_file(sd, str(tmp), metadata={"patchrank": json.dumps(header)})
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        save_file(sd, str(tmp), metadata={"patchrank": json.dumps(header)})
+    return Path(path)
 
 
 def locate(spec: str | os.PathLike, what: str, default_file: str, flag: str) -> Path:

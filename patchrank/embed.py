@@ -28,6 +28,8 @@ from .data.datasets import IMAGE_EXTENSIONS
 from .data.images import load_image
 from .dropin import PrunedCLIP, prune
 from .errors import PatchRankError
+from .progress import bar as progress_bar
+from .files import atomic_path, write_json
 from .models import PatchModel
 
 OUT_DTYPES = ("float32", "float16")
@@ -123,9 +125,7 @@ class _Progress:
         self.rows.flush()
         self.state.update(done=done, seconds=seconds)
         self.state["errors"].update({str(i): e for i, e in errors.items()})
-        tmp = self.state_path.with_name(f".{self.state_path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(self.state))
-        os.replace(tmp, self.state_path)
+        write_json(self.state_path, self.state, indent=None)
 
     def discard(self) -> None:
         for p in (self.rows_path, self.state_path):
@@ -167,13 +167,11 @@ def _run(m: PatchModel, fast: PrunedCLIP, paths: Sequence[Path], state: _Progres
          workers: int, on_error: str, normalize: bool, progress: bool) -> torch.Tensor | None:
     """The loop: batches in file order from ``state.state['done']`` on. Returns the first good
     batch of this run (for ``compare``)."""
-    from tqdm import tqdm
     start = state.state["done"]
     ds = _Files(paths, m.preprocess, (3, *m.image_size))
     loader = torch.utils.data.DataLoader(torch.utils.data.Subset(ds, range(start, len(paths))),
                                          batch_size=batch, num_workers=workers, shuffle=False)
-    bar = tqdm(total=len(paths), initial=start, unit="img", desc="embed", file=sys.stderr,
-               dynamic_ncols=True, disable=not progress)
+    bar = progress_bar(len(paths), "embed", initial=start, unit="img", enabled=bool(progress))
     t0, seconds, first = time.perf_counter(), state.state["seconds"], None
     with torch.inference_mode():
         for idx, x, errs in loader:
@@ -212,9 +210,8 @@ def _finish(out: Path, paths: Sequence[Path], state: _Progress, speed: dict | No
     errors = {int(i): e for i, e in state.state["errors"].items()}
     good = [i for i in range(len(paths)) if i not in errors]
     rows = np.asarray(state.rows[good] if errors else state.rows)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, rows)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        np.save(tmp, rows)
     seconds = state.state["seconds"]
     summary = {"out": str(out), "index": str(out.with_suffix(".json")), "rows": len(good),
                "skipped": len(errors), "resumed_from": state.resumed_from, **state.state["settings"],
@@ -223,7 +220,6 @@ def _finish(out: Path, paths: Sequence[Path], state: _Progress, speed: dict | No
                "compare": speed}
     index = {**summary, "paths": [str(paths[i]) for i in good],
              "skipped_files": [{"path": str(paths[i]), "error": errors[i]} for i in sorted(errors)]}
-    from .sweep import write_json
     write_json(out.with_suffix(".json"), index)
     del state.rows
     state.discard()

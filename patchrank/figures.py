@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import PatchRankError
+from .files import atomic_path
 
 FORMAT = "patchrank-sweep/1"   # == sweep.FORMAT (kept here so reading results needs no torch)
 REQUIRED = ("method", "ratio", "accuracy", "gflops")
@@ -306,12 +307,9 @@ def save_png(results, path: str | os.PathLike, xs: Sequence[str] = ("gflops", "l
     fig.suptitle(title or ("Accuracy vs cost per keep ratio"
                            + (f" — {meta.get('model')}, {meta.get('data')}, n={meta.get('n_images')}"
                               if meta.get("model") else "")), fontsize=10)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
-    return path
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    return Path(path)
 
 
 def markdown_table(results, ratios: Sequence[float] | None = None,

@@ -131,6 +131,18 @@ def gather_patches(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
     return h.gather(1, idx.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
 
 
+def reduce_tokens(h: torch.Tensor, keep: torch.Tensor | None = None,
+                  merge: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+    """The one token reduction at the input of the prune layer: CLS + the patches ``keep``
+    [B,K] (ids validated), or ``merge``'s output [B,1+K,D] for methods that combine tokens;
+    neither: all tokens. Every way of pruning (``rankers.reduce``) ends here."""
+    if keep is not None:
+        return gather_patches(h, check_keep(keep, h.shape[0], h.shape[1] - 1))
+    if merge is not None:
+        return merge(h)
+    return h
+
+
 def run_suffix(visual, h: torch.Tensor, k: int, extra: torch.Tensor | None = None) -> torch.Tensor:
     """Blocks ``k..L-1`` on a reduced sequence, then pool + project.
 
@@ -159,9 +171,5 @@ def encode(visual, x: torch.Tensor, k: int, keep: torch.Tensor | None = None,
 
     ``keep``: patch ids [B,K]; ``reduce``: any function [B,1+P,D] -> [B,1+K,D] (e.g. token
     merging); neither: all tokens (equals open_clip's ``encode_image``)."""
-    h = run_prefix(visual, x, k)
-    if keep is not None:
-        h = gather_patches(h, check_keep(keep, h.shape[0], h.shape[1] - 1))
-    elif reduce is not None:
-        h = reduce(h)
+    h = reduce_tokens(run_prefix(visual, x, k), keep=keep, merge=reduce)
     return run_suffix(visual, h, k, extra)

@@ -38,7 +38,7 @@ go, which is not guaranteed (``benchmarks/golden_variants.py`` measures how ofte
 
 Ties are broken deterministically: among equal harms the candidate with the larger patch id
 (cells: smallest present patch id) is removed first, so lower ids rank as more important, the
-same convention as ``rankers.order_from_scores``. With float64 harms, exact ties are rare (the
+same convention as ``ordering.order_from_scores``. With float64 harms, exact ties are rare (the
 tests check under 2 % of patches on the bundled model).
 """
 from __future__ import annotations
@@ -51,8 +51,10 @@ from typing import Callable, Iterator, Sequence
 import torch
 import torch.nn.functional as F
 
-from . import distributed, forward, rankers
+from . import distributed, forward
 from .errors import PatchRankError
+from .progress import bar as progress_bar
+from . import ordering
 
 SCORES = ("similarity", "label", "max")
 MODES = ("greedy", "oneshot", "c2f")
@@ -527,10 +529,8 @@ def rank_dataset(m, ds, out, *, score: str = "similarity", step: int = 10, block
     group already initialised) the remaining ids are split round-robin across ranks; each image's
     ranking depends only on (model, settings, image), so any split gives the same records.
     Returns a summary (the same on every rank)."""
-    import sys
     import time
 
-    from tqdm import tqdm
 
     from . import store
 
@@ -553,8 +553,9 @@ def rank_dataset(m, ds, out, *, score: str = "similarity", step: int = 10, block
         todo = [i for i, iid in enumerate(ids) if iid not in done]
         mine = todo[rank::world]
         t0, gflops = time.perf_counter(), 0.0
-        bar = tqdm(total=len(mine), disable=not progress or rank != 0, unit="img", file=sys.stderr,
-                   desc=f"golden {score}/{mode} step {step}" + (f" x{world} procs" if world > 1 else ""))
+        bar = progress_bar(len(mine), f"golden {score}/{mode} step {step}"
+                           + (f" x{world} procs" if world > 1 else ""), unit="img",
+                           enabled=bool(progress) and rank == 0)
         for i in mine:
             x = m.preprocess(ds.image(i)).unsqueeze(0)
             labels = [ds.label(i)] if score == "label" else None
@@ -608,6 +609,7 @@ DEFAULT_SETTINGS = {"score": "similarity", "step": 10, "block": 1, "mode": "ones
 
 class GoldenRanker:
     """``rankers`` adapter: patch scores from a golden order (reuses the computed prefix)."""
+    kind = "scores"
 
     def __init__(self, **settings):
         self.settings = {**DEFAULT_SETTINGS, **settings}
@@ -623,8 +625,4 @@ class GoldenRanker:
         return search_gflops(m, golden_settings(m, **{k: v for k, v in self.settings.items() if k in keys}))
 
     def scores(self, m, x: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        return rankers.scores_from_order(self.rank(m, x, h))
-
-
-rankers.register("golden", GoldenRanker)
-rankers.register("golden-greedy", lambda: GoldenRanker(mode="greedy"))   # the paper's step-10 search
+        return ordering.scores_from_order(self.rank(m, x, h))

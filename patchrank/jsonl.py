@@ -11,7 +11,6 @@ create or truncate its lock path, and hidden so that globs of the data (``shard-
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 from typing import Iterator
@@ -19,17 +18,6 @@ from typing import Iterator
 from filelock import FileLock, Timeout
 
 from .errors import PatchRankError
-
-
-def finite(obj):
-    """JSON has no NaN/inf: write them as null (results files and the CLI's stdout alike)."""
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if isinstance(obj, dict):
-        return {k: finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [finite(v) for v in obj]
-    return obj
 
 
 def read_records(path: str | os.PathLike, damaged_hint: str) -> Iterator[tuple[int, dict]]:

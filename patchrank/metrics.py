@@ -35,7 +35,7 @@ def _pair(pred: torch.Tensor, ref: torch.Tensor) -> tuple[torch.Tensor, torch.Te
     for name, o in (("pred", pred), ("ref", ref)):
         if o.dtype.is_floating_point:
             raise PatchRankError(f"{name} must be an order of patch ids (integers); "
-                                 "turn scores into an order with rankers.order_from_scores")
+                                 "turn scores into an order with ordering.order_from_scores")
         srt = o.sort(dim=1).values
         if not torch.equal(srt, torch.arange(p, device=o.device).expand_as(srt)):
             raise PatchRankError(f"{name} is not a permutation of 0..{p - 1} in every row")

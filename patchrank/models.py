@@ -172,25 +172,16 @@ class PatchModel:
         if keep_ratio is None:
             out = forward.encode(self.visual, x, k, keep=keep, extra=extra)
         else:
-            n_keep = self.keep_count(keep_ratio)
-            r = rankers.resolve(ranker)
             h = forward.run_prefix(self.visual, x, k)
-            if hasattr(r, "reduce"):
-                h = r.reduce(self, h, n_keep)
-            else:
-                keep_ids = rankers.keep_from_scores(r.scores(self, x, h), n_keep)
-                h = forward.gather_patches(h, keep_ids)
+            h = rankers.reduce(rankers.resolve(ranker), self, x, h, self.keep_count(keep_ratio))
             out = forward.run_suffix(self.visual, h, k, extra)
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
     def rank(self, x: torch.Tensor, ranker) -> torch.Tensor:
         """Patch order [B,P], most important first, from any ranker."""
         x = self._input(x)
-        r = rankers.resolve(ranker)
-        if not hasattr(r, "scores"):
-            raise PatchRankError(f"{getattr(r, 'name', r)!r} merges tokens and has no patch order")
         h = forward.run_prefix(self.visual, x, self.prune_layer)
-        return rankers.order_from_scores(r.scores(self, x, h))
+        return rankers.order(rankers.resolve(ranker), self, x, h)
 
     def flops(self, keep: int | None = None, extra_tokens: int = 0) -> _flops.FlopCount:
         return flops(self, keep=keep, extra_tokens=extra_tokens)

@@ -29,8 +29,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import metrics as M
-from . import rankers
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable, check_made_for
+from . import ordering
 
 FORMAT = "patchrank-predictor"
 FORMAT_VERSION = 1
@@ -50,7 +50,7 @@ class Predictor(nn.Module):
     prunes with it. ``model_id``/``prune_layer`` name the model and layer it was trained for;
     using it with another model raises ``ModelMismatch``. ``meta`` carries training settings."""
 
-    name = "predictor"
+    name, kind = "predictor", "scores"
 
     def __init__(self, width: int, num_patches: int, *, pool_dim: int = 64, token_hidden: int = 32,
                  channel_hidden: int = 256, model_id: str | None = None,
@@ -103,7 +103,7 @@ class Predictor(nn.Module):
     def rank(self, m, x: torch.Tensor) -> torch.Tensor:
         """Patch order [B,P], most important first."""
         with torch.inference_mode():
-            return rankers.order_from_scores(self.scores(m, x, m.prefix(x)))
+            return ordering.order_from_scores(self.scores(m, x, m.prefix(x)))
 
     # -- cost -----------------------------------------------------------------------------------
     def num_params(self) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 import math
 import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -24,10 +23,11 @@ import torch
 
 from . import distributed
 from . import metrics as M
-from . import rankers
+from .progress import staged as staged_progress
 from .errors import ModelMismatch, PatchRankError
 from .predictor import DEFAULT_LOSS, LOSSES, Predictor
 from .resume import load_state, run_key, save_state
+from . import ordering
 
 
 @dataclass
@@ -49,36 +49,13 @@ class TrainResult:
                 "settings": self.predictor.meta.get("settings")}
 
 
-def _reporter(progress):
-    """progress: False/None (silent), True (tqdm bars on stderr) or a callable(stage, done, total, info)."""
-    if callable(progress):
-        return progress
-    if not progress:
-        return lambda *a, **k: None
-    from tqdm import tqdm
-    bars: dict = {}
-
-    def report(stage, done, total, info=None):
-        bar = bars.get(stage)
-        if bar is None:
-            bar = bars[stage] = tqdm(total=total, desc=stage, file=sys.stderr, dynamic_ncols=True)
-        bar.n = done
-        if info:
-            bar.set_postfix({k: (f"{v:.4g}" if isinstance(v, float) else v) for k, v in info.items()},
-                            refresh=False)
-        bar.refresh()
-        if done >= total:
-            bar.close()
-    return report
-
-
 def extract_features(m, images: Iterable, batch: int = 32, progress=None, total: int | None = None,
                      dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """Tokens entering block ``m.prune_layer`` for each image, [N,1+P,D], computed once under
     ``inference_mode`` (the backbone is frozen, so caching them makes every epoch cheap).
     ``images``: PIL images (preprocessed with ``m.preprocess``) or tensors [3,H,W] already
     preprocessed."""
-    report = _reporter(progress)
+    report = staged_progress(progress)
     out, buf, done = [], [], 0
 
     def flush():
@@ -218,7 +195,7 @@ def _evaluate(predictor, shard: _Shard, orders, val_idx, fn, kw, seed: int, rati
     predictor.eval()
     s = _scores(predictor, shard, val_idx)
     val_loss = float(fn(s, orders[val_idx], generator=torch.Generator().manual_seed(seed), **kw))
-    return {"val_loss": val_loss, **M.agreement(rankers.order_from_scores(s), orders[val_idx],
+    return {"val_loss": val_loss, **M.agreement(ordering.order_from_scores(s), orders[val_idx],
                                                 keep_ratios=ratios)}
 
 
@@ -277,7 +254,7 @@ def _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr,
     gen = torch.Generator().manual_seed(seed)
     torch.randperm(len(orders), generator=gen)     # the split's draw: shuffles as before ``split``
     run = _resume(checkpoint, run_key(settings, orders, predictor.model_id), predictor, opt, sched, gen)
-    report = _reporter(progress if distributed.rank_world()[0] == 0 else None)
+    report = staged_progress(progress if distributed.rank_world()[0] == 0 else None)
 
     def evaluate(ratios: tuple) -> dict:
         return _evaluate(predictor, shard, orders, val_idx, fn, kw, seed, ratios)
@@ -368,7 +345,7 @@ def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_rati
                              "dataset spec as the golden job's?)")
     orders = torch.stack([torch.as_tensor(rankings[ids[i]]).long() for i in use])
     orders = _check_orders(orders, m.num_patches)
-    report = _reporter(progress if distributed.rank_world()[0] == 0 else None)
+    report = staged_progress(progress if distributed.rank_world()[0] == 0 else None)
     owned = owned_positions(len(use), val_fraction, seed)
     feats = extract_features(m, (dataset.image(use[j]) for j in owned.tolist()), batch=feature_batch,
                              progress=report, total=len(owned), dtype=cache_dtype)

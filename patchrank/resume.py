@@ -18,6 +18,7 @@ import torch
 
 from . import distributed
 from .errors import PatchRankError
+from .files import atomic_path
 
 
 #: Tensors larger than this are keyed by their shape and an evenly strided sample of this many
@@ -55,9 +56,6 @@ def save_state(path: str | os.PathLike | None, key: str, state: dict) -> None:
     if path is None:
         return
     if distributed.rank_world()[0] == 0:
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        torch.save({"key": key, **state}, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            torch.save({"key": key, **state}, tmp)
     distributed.barrier()

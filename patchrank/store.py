@@ -22,6 +22,7 @@ from typing import Iterator
 import torch
 
 from .errors import PatchRankError
+from .files import write_json
 from .jsonl import AppendLog, read_records
 
 FORMAT = "patchrank-golden/1"
@@ -79,9 +80,7 @@ def prepare(out: str | os.PathLike, model_id: str, settings: dict, *, grid: tupl
     if _shards(out):
         raise PatchRankError(f"{out} has shard files but no {META}; it was not made by this "
                              "command or was damaged. Use another --out folder")
-    tmp = out / f".{META}.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(want, indent=1))
-    os.replace(tmp, out / META)
+    write_json(out / META, want)
     return want
 
 

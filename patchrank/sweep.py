@@ -71,7 +71,9 @@ import numpy as np
 import torch
 
 from . import distributed, forward, rankers
-from .jsonl import AppendLog, finite, read_records
+from .progress import bar as progress_bar
+from .files import atomic_path, write_json
+from .jsonl import AppendLog, read_records
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
 FORMAT = "patchrank-sweep/1"
@@ -123,8 +125,7 @@ class Method:
 
     @property
     def merges(self) -> bool:
-        r = self.ranker
-        return r is not None and hasattr(r, "reduce") and not hasattr(r, "scores")
+        return self.ranker is not None and rankers.merges(self.ranker)
 
     def extra(self) -> torch.Tensor | None:
         return None if self.tokens is None else self.tokens.visual_tokens()
@@ -300,15 +301,10 @@ def method_embeddings(m, method: Method, x: torch.Tensor, h: torch.Tensor, ids: 
             else:
                 out[r] = forward.run_suffix(m.visual, h, k, extra)
             continue
-        if method.merges:
-            reduced = method.ranker.reduce(m, h, n_keep)
-        else:
-            if order is None:
-                if method.orders is not None:
-                    order = torch.stack([method.orders[i] for i in ids]).to(h.device)
-                else:
-                    order = rankers.order_from_scores(method.ranker.scores(m, x, h)).to(h.device)
-            reduced = forward.gather_patches(h, order[:, :n_keep].sort(dim=1).values)
+        if order is None and not method.merges:
+            order = (torch.stack([method.orders[i] for i in ids]) if method.orders is not None
+                     else rankers.order(method.ranker, m, x, h))
+        reduced = rankers.reduce(method.ranker, m, x, h, n_keep, order)
         out[r] = forward.run_suffix(m.visual, reduced, k, extra)
     return out
 
@@ -474,8 +470,8 @@ def measure_latency(m, methods: Sequence[Method], ratios: Sequence[float], image
     if not batches:
         return out
     images = images.to(device=m.device, dtype=m.dtype)
-    bar = _bar(progress, sum(len(latency_calls(m, methods, ratios, images[:1])) for _ in batches)
-               * (repeats + warmup), "latency")
+    bar = progress_bar(sum(len(latency_calls(m, methods, ratios, images[:1])) for _ in batches)
+                       * (repeats + warmup), "latency", enabled=bool(progress), leave=False)
     with torch.inference_mode():
         for b in batches:
             reps = math.ceil(b / images.shape[0])
@@ -492,24 +488,6 @@ def _counted(fn, bar):
         fn()
         bar.update(1)
     return call
-
-
-class _NoBar:
-    def update(self, n: int = 1) -> None:
-        pass
-
-    def set_postfix_str(self, s: str) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
-def _bar(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return _NoBar()
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, file=sys.stderr, leave=False, dynamic_ncols=True)
 
 
 # -- the sweep ------------------------------------------------------------------------------------
@@ -603,7 +581,8 @@ def run_sweep(m, dataset, methods: Sequence[str] = DEFAULT_METHODS,
         starts = list(range(0, len(ids), int(batch)))[rank::world]
         todo = [(s, meth) for s in starts for meth in [None, *meths]
                 if (s, "full" if meth is None else meth.name) not in store.done]
-        bar = _bar(progress and rank == 0, len(todo), "sweep" + (f" x{world} procs" if world > 1 else ""))
+        bar = progress_bar(len(todo), "sweep" + (f" x{world} procs" if world > 1 else ""),
+                           enabled=bool(progress) and rank == 0, leave=False)
         with torch.inference_mode():
             for s in starts:
                 need = [meth for meth in meths if (s, meth.name) not in store.done]
@@ -763,32 +742,15 @@ def _runtime(store, meths, n, t_acc, t_lat, cpu_lat, total) -> dict:
 
 
 # -- files ----------------------------------------------------------------------------------------
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
-def write_json(path: str | os.PathLike, obj) -> Path:
-    """``obj`` as indented JSON at ``path`` (folders made, NaN/inf as null), replaced atomically
-    so a reader never sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    _atomic_write(path, json.dumps(finite(obj), indent=1))
-    return path
-
-
 def write_results(results: dict, out: str | os.PathLike) -> tuple[Path, Path]:
     """Write the results JSON at ``out`` and the rows as CSV beside it (same stem, ``.csv``)."""
     out = write_json(out, results)
     csv_path = out.with_suffix(".csv")
-    tmp = csv_path.with_name(f".{csv_path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_path(csv_path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(ROW_FIELDS), extrasaction="ignore")
         w.writeheader()
         for row in results["rows"]:
             w.writerow({k: ("" if row.get(k) is None else row.get(k)) for k in ROW_FIELDS})
-    os.replace(tmp, csv_path)
     return out, csv_path
 
 

@@ -39,9 +39,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import forward, rankers
+from .progress import bar as progress_bar
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable, check_made_for
 from .resume import load_state, run_key, save_state
 from .zeroshot import ZeroShotClassifier, clean_classnames
+from . import ordering
 
 FORMAT = "patchrank-tokens"
 FORMAT_VERSION = 1
@@ -358,45 +360,37 @@ class PrunedCache:
         return forward.gather_patches(self.h[idx], self.keep[ratio][idx])
 
 
-def _progress(enabled: bool, total: int, desc: str):
-    if not enabled:
-        return None
-    from tqdm import tqdm
-    return tqdm(total=total, desc=desc, file=sys.stderr, dynamic_ncols=True)
-
-
 def precompute(m, images: Sequence, ranker, ratios: Iterable[float], *, batch: int = 32,
                progress: bool = False) -> PrunedCache:
     """Run the frozen part once: prefix tokens and the ranker's choice at each ratio.
     ``images``: PIL images or preprocessed tensors [3,H,W]."""
     r = rankers.resolve(ranker)
+    merging = rankers.merges(r)
     if hasattr(r, "check_model"):
         r.check_model(m)
     ratios = sorted({float(x) for x in ratios})
     hs, keeps, reds = [], {q: [] for q in ratios}, {q: [] for q in ratios}
-    bar = _progress(progress, len(images), "prefix")
+    bar = progress_bar(len(images), "prefix", enabled=bool(progress))
     for i in range(0, len(images), batch):
         chunk = images[i:i + batch]
         x = torch.stack([im if isinstance(im, torch.Tensor) else m.preprocess(im) for im in chunk])
         with torch.inference_mode():
             x = m._input(x)
             h = forward.run_prefix(m.visual, x, m.prune_layer)
-            s = r.scores(m, x, h) if hasattr(r, "scores") else None
+            order = None if merging else rankers.order(r, m, x, h)
             for q in ratios:
                 n_keep = m.keep_count(q)
-                if s is not None:
-                    keeps[q].append(rankers.keep_from_scores(s, n_keep).cpu())
+                if merging:
+                    reds[q].append(rankers.reduce(r, m, x, h, n_keep).cpu())
                 else:
-                    reds[q].append(r.reduce(m, h, n_keep).cpu())
+                    keeps[q].append(ordering.keep_first(order, n_keep).cpu())
         hs.append(h.cpu())
-        if bar:
-            bar.update(len(chunk))
-    if bar:
-        bar.close()
+        bar.update(len(chunk))
+    bar.close()
     if not hs:
         raise PatchRankError("no images given")
     h = torch.cat(hs).clone()
-    if hasattr(r, "scores"):
+    if not merging:
         return PrunedCache(h, keep={q: torch.cat(v) for q, v in keeps.items()})
     return PrunedCache(h, reduced={q: torch.cat(v).clone() for q, v in reds.items()})
 
@@ -473,9 +467,8 @@ def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classna
         g.set_state(state["gen"])
         log = list(state["log"])
     step = _TokenStep(m, tokens, cache, y, classnames, objective, opt, sched, ratios, g, batch)
-    bar = _progress(progress, total, "tune-tokens")
-    if bar:
-        bar.update(len(log) * per_epoch)
+    bar = progress_bar(total, "tune-tokens", enabled=bool(progress))
+    bar.update(len(log) * per_epoch)
     t0 = time.perf_counter()
     tokens.train()
     try:
@@ -487,8 +480,7 @@ def train_tokens(m, tokens: LearnableTokens, cache: PrunedCache, labels, classna
                                              "log": log})
     finally:
         tokens.eval()
-        if bar:
-            bar.close()
+        bar.close()
     return TrainLog(log, total, time.perf_counter() - t0, settings)
 
 
@@ -557,9 +549,8 @@ class _TokenStep:
             self.opt.step()
             self.sched.step()
             run += loss.item() * len(idx)
-            if bar:
-                bar.update(1)
-                bar.set_postfix(loss=f"{loss.item():.3f}", keep=q, refresh=False)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss.item():.3f}", keep=q, refresh=False)
         return run / n
 
 
@@ -573,15 +564,15 @@ def evaluate(m, cache: PrunedCache, labels, classnames: Sequence[str],
     plain = m.zero_shot(classnames).text.to(m.device)
     tuned = None if tokens is None else tokens.zero_shot(m, classnames).text.to(m.device)
     n = len(cache)
-    bar = _progress(progress, n * (1 + len(cache.ratios)) * (1 if tokens is None else 2), "evaluate")
+    bar = progress_bar(n * (1 + len(cache.ratios)) * (1 if tokens is None else 2), "evaluate",
+                       enabled=bool(progress))
 
     def acc(seq_fn, tok, text) -> float:
         hits = 0
         for i in range(0, n, batch):
             idx = torch.arange(i, min(n, i + batch))
             hits += int((_logits(m, tok, seq_fn(idx), text, scale).argmax(-1).cpu() == y[idx]).sum())
-            if bar:
-                bar.update(len(idx))
+            bar.update(len(idx))
         return round(100.0 * hits / n, 2)
 
     full = lambda idx: cache.h[idx]  # noqa: E731
@@ -599,8 +590,7 @@ def evaluate(m, cache: PrunedCache, labels, classnames: Sequence[str],
             row["gflops_tokens"] = round(float(tokens.flops(m, keep=k)), 4)
         rows.append(row)
     out["ratios"] = rows
-    if bar:
-        bar.close()
+    bar.close()
     return out
 
 

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 
 from .data import scenes as S
 from .errors import PatchRankError
+from .progress import bar as progress_bar
+from .files import atomic_path
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "bundled_clip.json"
 MEAN = torch.tensor((0.48145466, 0.4578275, 0.40821073)).view(1, 3, 1, 1)
@@ -225,9 +227,8 @@ def zero_shot_accuracy(model, tokenizer, images: np.ndarray, labels: np.ndarray,
 
 
 def _save_atomic(obj, path: Path):
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None = None,
@@ -236,7 +237,6 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     """Train (or resume) the bundled CLIP into ``out_dir``; returns the final log entry."""
     import open_clip
     from open_clip.transformer import PatchDropout
-    from tqdm import tqdm
 
     if threads:                    # None: leave torch's setting (the CLI sets --threads once)
         torch.set_num_threads(threads)
@@ -291,8 +291,7 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     data = _Batches(tcfg["seed"], tcfg["batch"], end, start, table)
     loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4,
                                          persistent_workers=False)
-    bar = tqdm(total=end, initial=start, disable=not progress, file=sys.stderr,
-               desc="train-clip", dynamic_ncols=True)
+    bar = progress_bar(end, "train-clip", initial=start, enabled=progress)
     t0, losses = time.time(), []
     entry = log[-1] if log else {}
     for step, x, tokens, pos in loader:

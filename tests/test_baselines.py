@@ -9,6 +9,7 @@ from patchrank import forward, rankers
 from patchrank.errors import PatchRankError
 
 from .conftest import tiny_vit
+from patchrank import ordering
 
 SCORERS = [B.RandomRanker, B.AttentionRanker, B.NormRanker]
 MERGERS = [B.ToMeMerger, B.AttentionFuseMerger, lambda: B.ToMeMerger("tokens")]
@@ -53,7 +54,7 @@ def test_scorers_keep_the_right_count_through_the_one_forward(tiny, make):
         assert s.shape == (3, tiny.num_patches)
         for ratio in (0.25, 0.6):
             n = tiny.keep_count(ratio)
-            keep = rankers.keep_from_scores(s, n)
+            keep = ordering.keep_from_scores(s, n)
             assert keep.shape == (3, n)
             via_ranker = tiny.encode_image(x, keep_ratio=ratio, ranker=r)
             via_ids = tiny.encode_image(x, keep=keep)
@@ -233,5 +234,5 @@ def test_low_norm_ranker_is_the_reverse_of_norm(bundled, eval_batch):
     x = eval_batch[0][:2]
     h = bundled.prefix(x)
     hi, lo = rankers.resolve("norm").scores(bundled, x, h), rankers.resolve("norm-low").scores(bundled, x, h)
-    assert torch.equal(rankers.order_from_scores(lo), rankers.order_from_scores(-hi))
+    assert torch.equal(ordering.order_from_scores(lo), ordering.order_from_scores(-hi))
     assert rankers.resolve("norm-low").name == "norm-low"

@@ -16,6 +16,7 @@ from patchrank import rankers
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
 from .conftest import tiny_vit
+from patchrank import ordering
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -49,7 +50,7 @@ def _linear_target(m, x, seed=1):
     """A learnable 'golden' order: patches sorted by a fixed random readout of their tokens at k."""
     w = torch.randn(m.width, generator=torch.Generator().manual_seed(seed))
     with torch.inference_mode():
-        return rankers.order_from_scores(m.prefix(x)[:, 1:] @ w)
+        return ordering.order_from_scores(m.prefix(x)[:, 1:] @ w)
 
 
 # -- architecture and cost ------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def test_margin_loss_on_the_sampled_pairs():
                 hi, lo = order[b, min(a, c)], order[b, max(a, c)]
                 terms.append(max(0.0, 1.0 - float(s[b, hi] - s[b, lo])))
     assert float(got) == pytest.approx(sum(terms) / len(terms), rel=1e-5)
-    perfect = rankers.scores_from_order(order) * 2.0     # every pair separated by >= 2
+    perfect = ordering.scores_from_order(order) * 2.0     # every pair separated by >= 2
     assert float(P.margin_loss(perfect, order)) == 0.0
 
 
@@ -191,9 +192,9 @@ def test_predictor_prunes_through_the_one_forward(tiny):
     with torch.inference_mode():
         s = p(tiny.prefix(x))
         got = tiny.encode_image(x, keep_ratio=0.5, ranker=p)
-        ref = tiny.encode_image(x, keep=rankers.keep_from_scores(s, tiny.keep_count(0.5)))
+        ref = tiny.encode_image(x, keep=ordering.keep_from_scores(s, tiny.keep_count(0.5)))
         assert torch.equal(got, ref)
-        assert torch.equal(p.rank(tiny, x), rankers.order_from_scores(s))
+        assert torch.equal(p.rank(tiny, x), ordering.order_from_scores(s))
         assert torch.equal(tiny.rank(x, p), p.rank(tiny, x))
         assert torch.allclose(tiny.encode_image(x, keep_ratio=1.0, ranker=p), tiny.clip.encode_image(x), atol=1e-5)
 

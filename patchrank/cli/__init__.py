@@ -16,7 +16,7 @@ from typing import Iterator, Sequence
 
 from .. import __version__
 from ..errors import WeightsUnavailable
-from ..jsonl import finite
+from ..files import finite
 from . import deploy, measure, train
 from .options import Formatter, shared_options
 

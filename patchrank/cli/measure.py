@@ -142,7 +142,8 @@ def add_bench(p: argparse.ArgumentParser) -> None:
 
 def run_bench(a: argparse.Namespace) -> dict:
     from ..errors import PatchRankError
-    from ..sweep import bench, write_json
+    from ..files import write_json
+    from ..sweep import bench
     if not a.latency_batches:
         raise PatchRankError("bench needs at least one batch size in --latency-batches")
     res = bench(load(a), a.methods, a.ratios, a.latency_batches, repeats=a.repeats,
