@@ -39,7 +39,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 
-from patchrank.bundled import EvalSplit, evaluate_bundled, export_bundled, load_bundled  # noqa: E402
+from patchrank.bundled import export_bundled, load_bundled
+from patchrank.eval_split import EvalSplit
+from patchrank.evaluation import evaluate_bundled  # noqa: E402
 from patchrank.data.datasets import open_dataset  # noqa: E402
 from patchrank.files import write_json  # noqa: E402
 from patchrank.train_clip import load_config, train  # noqa: E402

@@ -1,9 +1,10 @@
 """PatchRank: prune CLIP ViT patch tokens by learned ranking (Wu et al., arXiv 2409.14607)."""
-from .bundled import bundled_eval
+from .eval_split import bundled_eval
 from .dropin import PrunedCLIP, prune
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 from .golden import Ranking, golden_ranking
-from .models import PatchModel, flops, load_model
+from .loading import load_model
+from .models import PatchModel, flops
 from .predictor import Predictor, load_predictor
 from .publish import model_card, write_model_card
 from .tokens import LearnableTokens, load_tokens

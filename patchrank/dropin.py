@@ -25,7 +25,8 @@ import torch.nn.functional as F
 
 from . import rankers
 from .errors import PatchRankError
-from .models import PatchModel, check_vit, load_model
+from .loading import check_vit, load_model
+from .models import PatchModel
 
 
 class _Plan:

@@ -81,7 +81,7 @@ def image_stats(image: Image.Image | np.ndarray) -> dict[str, float]:
 @functools.lru_cache(maxsize=1)
 def scene_ranges() -> dict[str, tuple[float, float]]:
     """Each statistic's (low, high) over the shipped evaluation split, widened by ``MARGIN``."""
-    from .bundled import bundled_eval
+    from .eval_split import bundled_eval
     stats = [image_stats(im) for im in bundled_eval().images]
     out = {}
     for k in NAMES:

@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from patchrank.bundled import BUNDLED_DIR, evaluate_bundled
+from patchrank.bundled import BUNDLED_DIR
+from patchrank.evaluation import evaluate_bundled
 
 SHIPPED = json.loads((Path(BUNDLED_DIR) / "eval_metrics.json").read_text())
 

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 import patchrank as pr
 from patchrank import predictor as P
 from patchrank import predictor_training as T
-from patchrank import rankers
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
 from .conftest import tiny_vit

@@ -271,7 +271,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, clean_run):
 def test_torchrun_rank_failure_stops_every_process_with_the_file_named(tmp_path):
     """One rank meets an unreadable image: the job ends (no rank left waiting at a collective)
     with a non-zero exit and the file named."""
-    from patchrank.bundled import bundled_eval
+    from patchrank.eval_split import bundled_eval
     for i, im in enumerate(bundled_eval(limit=4).images):
         (tmp_path / "imgs" / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
         im.save(tmp_path / "imgs" / "ab"[i % 2] / f"{i}.png")
@@ -288,7 +288,7 @@ def test_torchrun_rank_failure_stops_every_process_with_the_file_named(tmp_path)
 def test_golden_classnames_file(tmp_path, capsys):
     """--classnames gives an unlabelled folder the names that score='max' needs; a file that
     does not fit the dataset is refused before any search."""
-    from patchrank.bundled import bundled_eval
+    from patchrank.eval_split import bundled_eval
     from patchrank.cli import main
     (tmp_path / "flat").mkdir()
     bundled_eval(limit=1).images[0].save(tmp_path / "flat" / "one.png")

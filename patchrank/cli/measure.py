@@ -13,7 +13,7 @@ from .options import (Command, add_format, batch_list, default_of, hidden_alias,
 
 # -- eval-bundled ---------------------------------------------------------------------------------
 def add_eval_bundled(p: argparse.ArgumentParser) -> None:
-    from ..bundled import evaluate_bundled as fn
+    from ..evaluation import evaluate_bundled as fn
     p.add_argument("--seed", type=int, default=default_of(fn, "seed"), help="seed of the random-removal control")
     p.add_argument("--limit", type=positive_int, default=None,
                    help="first N scenes only (a quick check that an install works; the model "
@@ -21,7 +21,7 @@ def add_eval_bundled(p: argparse.ArgumentParser) -> None:
 
 
 def run_eval_bundled(a: argparse.Namespace) -> dict:
-    from ..bundled import evaluate_bundled
+    from ..evaluation import evaluate_bundled
     return evaluate_bundled(load(a), seed=a.seed, limit=a.limit, progress=not a.no_progress)
 
 

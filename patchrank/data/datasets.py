@@ -64,10 +64,10 @@ class Dataset:
 
 
 class BundledEval(Dataset):
-    """The shipped evaluation split (``patchrank.bundled.bundled_eval``)."""
+    """The shipped evaluation split (``patchrank.eval_split.bundled_eval``)."""
 
     def __init__(self, limit: int | None = None):
-        from ..bundled import bundled_eval
+        from ..eval_split import bundled_eval
         self._split = bundled_eval(limit)
         self.spec = "bundled-eval"
         self.ids = list(self._split.ids)
