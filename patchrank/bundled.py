@@ -21,16 +21,19 @@ from pathlib import Path
 
 import torch
 
+from .data import scenes as S
 from .errors import WeightsUnavailable
+from .models import PatchModel
+from .train_clip import build_clip, load_config
 
 #: The package's data folder; ``PATCHRANK_ASSETS`` points it elsewhere (a folder holding
 #: ``bundled/``), e.g. to try a retrained model without reinstalling.
 ASSETS = Path(os.environ.get("PATCHRANK_ASSETS", Path(__file__).resolve().parent / "assets"))
 BUNDLED_DIR = ASSETS / "bundled"
-EVAL_SEED = 1
 
 
-def _require(path: Path) -> Path:
+def require_asset(path: Path) -> Path:
+    """``path`` if the bundled file is there, else an error saying how to get it back."""
     if not path.is_file():
         raise WeightsUnavailable(f"bundled asset missing: {path}. It ships inside the patchrank "
                                  "package (patchrank/assets/bundled); reinstall the package or set "
@@ -44,12 +47,9 @@ def load_bundled(prune_layer: int | None = None, folder: str | os.PathLike = BUN
     import open_clip
     from safetensors.torch import load_file
 
-    from .models import PatchModel
-    from .train_clip import build_clip
-
     folder = Path(folder)
-    cfg = json.loads(_require(folder / "config.json").read_text())
-    wpath = _require(folder / "model.safetensors")
+    cfg = json.loads(require_asset(folder / "config.json").read_text())
+    wpath = require_asset(folder / "model.safetensors")
     sd = load_file(str(wpath))
     ids, rows = sd.pop("token_embedding.ids").long(), sd.pop("token_embedding.rows")
     table = torch.zeros(cfg["model_cfg"]["text_cfg"]["vocab_size"], rows.shape[1], dtype=rows.dtype)
@@ -70,9 +70,6 @@ def load_bundled(prune_layer: int | None = None, folder: str | os.PathLike = BUN
 def export_bundled(ckpt_path: str | os.PathLike, dest: str | os.PathLike = BUNDLED_DIR) -> dict:
     """Write config.json + model.safetensors from a ``train-clip`` checkpoint."""
     from safetensors.torch import save_file
-
-    from .data import scenes as S
-    from .train_clip import load_config
 
     state = torch.load(ckpt_path, weights_only=True)
     dest = Path(dest)

@@ -24,7 +24,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .data.datasets import IMAGE_EXTENSIONS
+from .data.base import IMAGE_EXTENSIONS
 from .data.images import load_image
 from .dropin import PrunedCLIP, prune
 from .errors import PatchRankError

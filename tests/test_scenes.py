@@ -37,7 +37,7 @@ def test_classes_balanced():
 @needs_fmnist
 def test_shipped_eval_split_is_reproducible():
     import patchrank as pr
-    from patchrank.bundled import EVAL_SEED
+    from patchrank.eval_split import EVAL_SEED
     ds = pr.bundled_eval(limit=20)
     gen = S.SceneGenerator("test", seed=EVAL_SEED)
     for i in range(20):

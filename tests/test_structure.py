@@ -39,7 +39,9 @@ def imported_modules(name: str, path: Path, known: set[str]) -> set[str]:
             if node.level:
                 up = package[:len(package) - node.level + 1]
                 base = ".".join(up + ([node.module] if node.module else []))
-            candidates = [base] + [f"{base}.{a.name}" for a in node.names]
+            subs = [f"{base}.{a.name}" for a in node.names]
+            # ``from pkg import sub`` imports the submodule; any other name comes from pkg itself
+            candidates = subs + ([base] if any(s not in known for s in subs) else [])
         else:
             continue
         found.update(c for c in candidates if c in known and c != name)

@@ -37,7 +37,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import PatchRankError
-from .datasets import Dataset
+from .base import Dataset
 from .images import load_image
 
 SPLITS = ("train", "val", "test")
@@ -288,11 +288,3 @@ def coop_spec(spec: str, limit: int | None = None) -> CoopDataset | None:
         return None
     return CoopDataset(folder, split, info)
 
-
-def register() -> None:
-    """Let ``open_dataset`` read CoOp folders (tried before plain image folders)."""
-    from . import datasets
-    datasets.register_spec(coop_spec, first=True)
-
-
-register()

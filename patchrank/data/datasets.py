@@ -25,9 +25,11 @@ import numpy as np
 from PIL import Image
 
 from ..errors import PatchRankError
+from ..eval_split import bundled_eval
+from .base import IMAGE_EXTENSIONS, Dataset
+from .coop import coop_spec
 from .images import load_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm")
 TRAIN_SEED = 0
 #: ``bundled-val:N`` scenes start here: beyond every scene the bundled CLIP, its predictor or its
 #: tokens train on (train-clip reads steps x batch scenes from 0), so hyperparameters can be
@@ -35,39 +37,10 @@ TRAIN_SEED = 0
 VAL_OFFSET = 10_000_000
 
 
-class Dataset:
-    """Base: subclasses set ``ids``, ``classnames`` and implement ``image``/``label``."""
-
-    spec: str = ""
-    ids: list[str]
-    classnames: tuple[str, ...] | None = None
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def image(self, i: int) -> Image.Image:
-        raise NotImplementedError
-
-    def label(self, i: int) -> int | None:
-        return None
-
-    @property
-    def labels(self) -> np.ndarray | None:
-        return None
-
-    @property
-    def masks(self) -> np.ndarray | None:
-        return None
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.spec!r}, n={len(self)})"
-
-
 class BundledEval(Dataset):
     """The shipped evaluation split (``patchrank.eval_split.bundled_eval``)."""
 
     def __init__(self, limit: int | None = None):
-        from ..eval_split import bundled_eval
         self._split = bundled_eval(limit)
         self.spec = "bundled-eval"
         self.ids = list(self._split.ids)
@@ -239,7 +212,7 @@ def _folder_spec(spec: str, limit: int | None = None) -> Dataset | None:
 #: raises PatchRankError. ``limit`` is a hint (load no more than that many items); open_dataset
 #: truncates ``ids`` itself, so handlers may ignore it.
 Handler = Callable[[str, "int | None"], "Dataset | None"]
-SPEC_HANDLERS: list[Handler] = [_bundled_spec, _folder_spec]
+SPEC_HANDLERS: list[Handler] = [_bundled_spec, coop_spec, _folder_spec]
 
 
 def register_spec(handler: Handler, first: bool = True) -> None:
@@ -264,6 +237,3 @@ def open_dataset(spec: str, limit: int | None = None) -> Dataset:
     raise PatchRankError(f"dataset {spec!r} not found: give bundled-eval, bundled-train:N, or a "
                          "folder of images (class subfolders for labels)")
 
-
-# The CoOp split-file layout registers itself as a spec handler (tried before plain folders).
-from . import coop  # noqa: E402,F401
