@@ -42,7 +42,8 @@ def test_analytic_equals_flop_counter_vit_b16(vit_b16, keep):
 
 
 def test_paper_table_values(vit_b16):
-    """Spec b.5: 17.56 GMAC full, 12.25 GMAC at keep 118 (k=3), 9.60 at 78."""
+    """The paper's ViT-B/16 costs (docs/paper.md): 17.56 GMAC full, 12.25 GMAC at keep 118
+    (prune layer 3), 9.60 at 78."""
     assert vit_b16.prune_layer == 3
     assert float(pr.flops(vit_b16)) / 2 == pytest.approx(17.56, abs=0.01)
     assert float(pr.flops(vit_b16, keep=118)) / 2 == pytest.approx(12.25, abs=0.01)

@@ -5,7 +5,7 @@ evidence lives in known patches, so that "does the ranking keep the object?" is 
 Each scene is 112x112 (a 14x14 grid of 8-pixel patches, like ViT-B/16's 14x14 at 224) with
 exactly one target item; clutter and an optional distractor shape are never of a target class.
 
-Design choices (measured in two prototypes, see MODEL_CARD.md):
+Design choices (measured on earlier versions of the scenes; the model card says more):
 - 6 classes. T-shirt, pullover, coat and shirt are merged into "top" (indistinguishable at
   5-9 patches wide); "dress" is left out (its confusion with "top" was the largest error).
 - Items 40-72 px, random horizontal flip; 0-4 faint clutter shapes; at most one distractor shape
