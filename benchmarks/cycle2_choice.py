@@ -1,7 +1,7 @@
 """Which second training cycle should the bundled CLIP get? Chosen on ``bundled-val``.
 
-    python -m patchrank train-clip --out runs/c1 --steps 8000 --threads 2   # cycle 1 (~70-90 min)
-    python benchmarks/cycle2_choice.py --cycle1 runs/c1 --work runs/cycle2 --threads 2
+    python benchmarks/cycle2_choice.py --work runs/cycle2 --threads 2      # CPU: about 2 hours
+    python benchmarks/cycle2_choice.py --work runs/cycle2 --device cuda --workers 8   # minutes
 
 Cycle 1 of ``patchrank/configs/bundled_clip.json`` teaches the model to need the object but
 never shows it fewer than half of the patch tokens, so it decides poorly from a few dozen; a short
@@ -18,8 +18,13 @@ keep-only-target top-1, the ability the second cycle exists to teach; if none me
 the highest keep-only-target overall. Variant settings that the model card's history does not
 record (learning rate, warm-up) are the shipped cycle 2's.
 
-Resumable: each variant trains in ``WORK/<name>/`` (its own checkpoint, rerun to resume) and its
-result is appended to ``WORK/results.jsonl``; finished variants are skipped. ``--only`` runs a
+Cycle 1 is trained first, in ``WORK/cycle1/`` (``train-clip --steps 8000``), unless ``--cycle1``
+names a run folder already at step 8000. Training runs on ``--device`` (a GPU gives the same
+recipe in minutes; its float32 sums differ in rounding from a CPU's, as two CPU kinds' do, so no
+run reproduces the shipped weights bit for bit); export and evaluation run on the CPU in float32,
+as the shipped model is evaluated. Resumable: each variant trains in ``WORK/<name>/`` (its own
+checkpoint, rerun to resume) and its result is appended to ``WORK/results.jsonl``; finished
+variants are skipped. ``--only`` runs a
 subset (e.g. two one-thread processes side by side). The report goes to
 ``benchmarks/results/cycle2_choice.json``.
 """
@@ -68,7 +73,8 @@ def variant_config(cycle2: dict | None, dest: Path) -> Path:
     return dest
 
 
-def run_variant(name: str, cycle1: Path, work: Path, threads: int, val: EvalSplit) -> dict:
+def run_variant(name: str, cycle1: Path, work: Path, threads: int, val: EvalSplit,
+                device: str = "cpu", workers: int = 1) -> dict:
     """Train ``name`` from the cycle-1 checkpoint, export it and evaluate it on ``val``."""
     run = work / name
     run.mkdir(parents=True, exist_ok=True)
@@ -77,7 +83,7 @@ def run_variant(name: str, cycle1: Path, work: Path, threads: int, val: EvalSpli
     config = variant_config(VARIANTS[name], run / "config.json")
     t0 = time.time()
     if VARIANTS[name] is not None:
-        train(run, threads=threads, config_path=config, progress=False)
+        train(run, threads=threads, config_path=config, progress=False, device=device, workers=workers)
     export_bundled(run / "ckpt.pt", run / "export")
     minutes = (time.time() - t0) / 60
     torch.set_num_threads(threads)
@@ -98,25 +104,34 @@ def validation_split(n: int) -> EvalSplit:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--cycle1", required=True, help="train-clip run folder stopped at step 8000")
+    ap.add_argument("--cycle1", default=None, help="a train-clip run folder already at step 8000 "
+                    "(default: train cycle 1 into WORK/cycle1)")
     ap.add_argument("--work", required=True, help="folder for the variants' runs and results")
     ap.add_argument("--scenes", type=int, default=1200, help="bundled-val scenes to measure on")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--only", default=None, help="comma-separated variant names")
+    ap.add_argument("--device", default="cpu", help="where training runs (cpu, cuda)")
+    ap.add_argument("--workers", type=int, default=1, help="scene-rendering worker processes")
     ap.add_argument("--out", default="benchmarks/results/cycle2_choice.json")
     a = ap.parse_args()
-    cycle1, work = Path(a.cycle1), Path(a.work)
-    step = torch.load(cycle1 / "ckpt.pt", weights_only=True)["step"]
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    cycle1 = Path(a.cycle1) if a.cycle1 else work / "cycle1"
+    if not a.cycle1:
+        t0 = time.time()
+        train(cycle1, steps=CYCLE1_STEPS, threads=a.threads, progress=False, device=a.device,
+              workers=a.workers)
+        print(f"cycle 1: {(time.time() - t0) / 60:.1f} min", flush=True)
+    step = torch.load(cycle1 / "ckpt.pt", weights_only=True, map_location="cpu")["step"]
     if step != CYCLE1_STEPS:
         sys.exit(f"{cycle1}/ckpt.pt is at step {step}, not the end of cycle 1 ({CYCLE1_STEPS})")
-    work.mkdir(parents=True, exist_ok=True)
     done_path = work / "results.jsonl"
     done = {r["variant"]: r for r in map(json.loads, done_path.read_text().splitlines())} \
         if done_path.exists() else {}
     val = validation_split(a.scenes)
     for name in (a.only.split(",") if a.only else VARIANTS):
         if name not in done:
-            done[name] = run_variant(name, cycle1, work, a.threads, val)
+            done[name] = run_variant(name, cycle1, work, a.threads, val, a.device, a.workers)
             with open(done_path, "a") as f:
                 f.write(json.dumps(done[name]) + "\n")
         r = done[name]

@@ -71,7 +71,7 @@ def export_bundled(ckpt_path: str | os.PathLike, dest: str | os.PathLike = BUNDL
     """Write config.json + model.safetensors from a ``train-clip`` checkpoint."""
     from safetensors.torch import save_file
 
-    state = torch.load(ckpt_path, weights_only=True)
+    state = torch.load(ckpt_path, weights_only=True, map_location="cpu")   # trained anywhere
     dest = Path(dest)
     dest.mkdir(parents=True, exist_ok=True)
     sd = {k: v.detach().to(torch.float16).contiguous() for k, v in state["model"].items()}
