@@ -2,18 +2,18 @@
 
 Each one plugs into the one pruned forward (``patchrank.forward`` via ``m.encode_image``):
 rankers give ``scores(m, x, h) -> [B,P]`` (higher = kept first) and mergers give
-``reduce(m, h, k) -> [B,1+k,D]``, so every method ends with CLS + ``k`` tokens entering block
-``m.prune_layer`` and costs the same FLOPs from there on.
+``reduce(m, h, n_keep) -> [B,1+n_keep,D]``, so every method ends with CLS + ``n_keep`` tokens
+entering block ``k = m.prune_layer`` and costs the same FLOPs from there on.
 
 - ``random``: uniform random scores (seeded; deterministic by default).
 - ``attention``: CLS-to-patch attention of block k-1, the last block before pruning, recomputed
   from its weights and averaged over heads (the paper's commented CLS-attention baseline, docs/paper.md,
   moved to our "prune at the input of block k" convention).
-- ``attention+fuse``: EViT (Liang et al., ICLR 2022): keep the k-1 most attended patches and fuse
-  the rest into one token weighted by their attention, so 1+k tokens go on.
+- ``attention+fuse``: EViT (Liang et al., ICLR 2022): keep the n_keep-1 most attended patches and
+  fuse the rest into one token weighted by their attention, so 1+n_keep tokens go on.
 - ``norm``: L2 norm of each patch token entering block k.
 - ``tome``: ToMe-style bipartite soft matching (Bolya et al., ICLR 2023), merging the patches
-  entering block k down to k tokens; ``tome_groups`` says which patches went into which token.
+  entering block k down to n_keep tokens; ``tome_groups`` says which patches went into which token.
 
 Named in ``patchrank.rankers``' registry, so ``ranker="attention"`` etc. work.
 """
@@ -93,19 +93,19 @@ class AttentionRanker:
             return cls_attention(forward.blocks(m.visual)[k - 1], h_prev)
 
 
-def fuse_tokens(h: torch.Tensor, scores: torch.Tensor, k: int) -> torch.Tensor:
-    """EViT fusion: CLS + the k-1 highest-scoring patches (sorted by id) + one token that is the
-    score-weighted mean of all the other patches (Liang et al. 2022, eq. 4): [B,1+k,D].
+def fuse_tokens(h: torch.Tensor, scores: torch.Tensor, n_keep: int) -> torch.Tensor:
+    """EViT fusion: CLS + the n_keep-1 highest-scoring patches (sorted by id) + one token that is the
+    score-weighted mean of all the other patches (Liang et al. 2022, eq. 4): [B,1+n_keep,D].
 
-    The fused token takes one of the k slots so the token count, and hence the FLOPs, equal plain
-    pruning to k. With k = P nothing is pruned and ``h`` is returned unchanged."""
+    The fused token takes one of the n_keep slots so the token count, and hence the FLOPs, equal plain
+    pruning to n_keep. With n_keep = P nothing is pruned and ``h`` is returned unchanged."""
     p = h.shape[1] - 1
-    if not 1 <= k <= p:
-        raise PatchRankError(f"k must be in [1, {p}], got {k}")
-    if k == p:
+    if not 1 <= n_keep <= p:
+        raise PatchRankError(f"n_keep must be in [1, {p}], got {n_keep}")
+    if n_keep == p:
         return h
     order = ordering.order_from_scores(scores)
-    kept, dropped = order[:, :k - 1].sort(dim=1).values, order[:, k - 1:]
+    kept, dropped = order[:, :n_keep - 1].sort(dim=1).values, order[:, n_keep - 1:]
     w = scores.float().gather(1, dropped).clamp_min(0)
     w = w / w.sum(dim=1, keepdim=True).clamp_min(1e-12)
     tok = h[:, 1:].gather(1, dropped.unsqueeze(-1).expand(-1, -1, h.shape[-1]))
@@ -211,27 +211,27 @@ def _bipartite_round(x: torch.Tensor, metric: torch.Tensor, size: torch.Tensor, 
             new_size, assign)
 
 
-def bipartite_merge(h: torch.Tensor, k: int, metric: torch.Tensor | None = None) -> Merged:
-    """Merge the patches of ``h`` [B,1+P,D] down to ``k`` tokens; CLS is never matched.
+def bipartite_merge(h: torch.Tensor, n_keep: int, metric: torch.Tensor | None = None) -> Merged:
+    """Merge the patches of ``h`` [B,1+P,D] down to ``n_keep`` tokens; CLS is never matched.
 
-    ToMe merges at most half the tokens per round, so rounds repeat (r = min(n-k, n//2)) until k
-    remain; within a round, merged tokens are size-weighted means of their members (ToMe eq. 2
+    ToMe merges at most half the tokens per round, so rounds repeat (r = min(n-n_keep, n//2)) until
+    n_keep remain; within a round, merged tokens are size-weighted means of their members (ToMe eq. 2
     "size"), and ``metric`` (default: the tokens) is merged the same way so later rounds match on
     averaged keys. No proportional attention afterwards: the suffix runs open_clip's blocks as is,
-    so a merged token counts as one token (and the FLOPs equal pruning to k)."""
+    so a merged token counts as one token (and the FLOPs equal pruning to n_keep)."""
     bsz, n1, d = h.shape
     p = n1 - 1
-    if not 1 <= k <= p:
-        raise PatchRankError(f"k must be in [1, {p}], got {k}")
+    if not 1 <= n_keep <= p:
+        raise PatchRankError(f"n_keep must be in [1, {p}], got {n_keep}")
     x = h[:, 1:]
     met = x if metric is None else metric
     if met.shape[:2] != x.shape[:2]:
         raise PatchRankError(f"metric must be [B,P,C] with P={p}, got {tuple(met.shape)}")
     size = torch.ones(bsz, p, device=h.device)
     groups = torch.arange(p, device=h.device).expand(bsz, -1)
-    while x.shape[1] > k:
+    while x.shape[1] > n_keep:
         n = x.shape[1]
-        x, met, size, assign = _bipartite_round(x, met, size, min(n - k, n // 2))
+        x, met, size, assign = _bipartite_round(x, met, size, min(n - n_keep, n // 2))
         groups = assign.gather(1, groups)
     return Merged(torch.cat([h[:, :1], x.to(h.dtype)], dim=1), groups, size)
 
@@ -264,16 +264,16 @@ class ToMeMerger:
         keys = 2 * p * d * d if self.metric == "keys" else 0.0
         return (keys + 2 * (p / 2) ** 2 * d) / 1e9
 
-    def merge(self, m, h: torch.Tensor, k: int) -> Merged:
+    def merge(self, m, h: torch.Tensor, n_keep: int) -> Merged:
         with torch.no_grad():
             met = block_keys(forward.blocks(m.visual)[m.prune_layer], h) if self.metric == "keys" else None
-            return bipartite_merge(h, k, met)
+            return bipartite_merge(h, n_keep, met)
 
     def reduce(self, m, h: torch.Tensor, n_keep: int) -> torch.Tensor:
         return self.merge(m, h, n_keep).tokens
 
 
 def tome_groups(m, x: torch.Tensor, keep_ratio: float = 0.6, metric: str = "keys") -> torch.Tensor:
-    """Which merged token each patch ends up in, [B,P] with values 0..k-1 (the app's ToMe view)."""
+    """Which merged token each patch ends up in, [B,P] with values 0..n_keep-1 (the app's ToMe view)."""
     with torch.inference_mode():
         return ToMeMerger(metric).merge(m, m.prefix(x), m.keep_count(keep_ratio)).groups

@@ -15,6 +15,8 @@ tokens but the rest for one, 4*N*D^2 + 4*D^2 + 4*N*D + 4*D*H. Speed ratios ("FLO
 """
 from __future__ import annotations
 
+from .forward import blocks, pools_cls_only
+
 
 class FlopCount(float):
     """Total GFLOPs (a float) that also carries the breakdown: ``.blocks`` (per-block GFLOPs),
@@ -50,8 +52,7 @@ def cls_block_flops(n: int, d: int, hidden: int) -> float:
     return 4 * n * d * d + 4 * d * d + 4 * n * d + 4 * d * hidden
 
 
-def tower_flops(visual, keep: int | None, k: int, extra_tokens: int = 0) -> FlopCount:
-    from .forward import blocks, pools_cls_only
+def tower_flops(visual, keep: int | None, prune_layer: int, extra_tokens: int = 0) -> FlopCount:
     layers = blocks(visual)
     d = visual.transformer.width
     hidden = layers[0].mlp.c_fc.out_features
@@ -59,7 +60,7 @@ def tower_flops(visual, keep: int | None, k: int, extra_tokens: int = 0) -> Flop
     p = gh * gw
     ph, pw = visual.patch_size if isinstance(visual.patch_size, tuple) else (visual.patch_size,) * 2
     kept = p if keep is None else int(keep)
-    tokens = [1 + p if i < k else 1 + kept + extra_tokens for i in range(len(layers))]
+    tokens = [1 + p if i < prune_layer else 1 + kept + extra_tokens for i in range(len(layers))]
     per_block = [block_flops(n, d, hidden) / 1e9 for n in tokens]
     patch_embed = 2 * p * 3 * ph * pw * d / 1e9
     proj = 0.0 if visual.proj is None else 2 * d * visual.proj.shape[1] / 1e9

@@ -1,8 +1,9 @@
 """THE pruned forward pass of an open_clip ViT image tower. Every method goes through here.
 
 Stages (names follow open_clip's ``VisionTransformer``):
-  prefix  = ``_embeds`` (conv1 + CLS + positional embedding + ln_pre) then blocks ``0..k-1``
-  reduce  = gather CLS + the kept patches (or any token-reducing function, e.g. merging)
+  prefix  = ``_embeds`` (conv1 + CLS + positional embedding + ln_pre) then the blocks before the
+            prune layer ``k`` (the paper's k; ``prune_layer`` in code)
+  reduce  = ``reduce_tokens``: CLS + the kept patches, or a merge of the tokens
   suffix  = optional extra tokens appended, blocks ``k..L-1``, ``_pool``, ``@ proj``
 
 Pruning convention (docs/design.md): tokens are chosen at the *input* of block ``k``; CLS is always
@@ -66,9 +67,9 @@ def run_block(blk, h: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
     return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
 
 
-def run_prefix(visual, x: torch.Tensor, k: int) -> torch.Tensor:
-    """Tokens entering block ``k``: [B, 1+P, D] (CLS first)."""
-    return run_blocks(visual, visual._embeds(x), 0, k)
+def run_prefix(visual, x: torch.Tensor, prune_layer: int) -> torch.Tensor:
+    """Tokens entering block ``prune_layer``: [B, 1+P, D] (CLS first)."""
+    return run_blocks(visual, visual._embeds(x), 0, prune_layer)
 
 
 def run_blocks(visual, h: torch.Tensor, start: int, stop: int | None = None) -> torch.Tensor:
@@ -143,33 +144,33 @@ def reduce_tokens(h: torch.Tensor, keep: torch.Tensor | None = None,
     return h
 
 
-def run_suffix(visual, h: torch.Tensor, k: int, extra: torch.Tensor | None = None) -> torch.Tensor:
-    """Blocks ``k..L-1`` on a reduced sequence, then pool + project.
+def run_suffix(visual, h: torch.Tensor, prune_layer: int, extra: torch.Tensor | None = None) -> torch.Tensor:
+    """Blocks ``prune_layer..L-1`` on a reduced sequence, then pool + project.
 
     ``extra``: learnable tokens appended after the reduction, either [T, D] (shallow: appended
-    once at block k) or [L-k, T, D] (deep, VPT-style: block ``k+i`` sees ``extra[i]`` in place of
+    once at the prune layer) or [L-prune_layer, T, D] (deep, VPT-style: block ``prune_layer+i`` sees ``extra[i]`` in place of
     the previous block's outputs at those positions). They are removed before pooling, so
     mean-pooled towers average only image tokens."""
     if extra is None:
-        return run_to_embedding(visual, h, k)
+        return run_to_embedding(visual, h, prune_layer)
     n = h.shape[1]
     deep = extra.dim() == 3
     x = extra[0] if deep else extra
     h = torch.cat([h, x.to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)], dim=1)
     last, cls_only = len(blocks(visual)) - 1, pools_cls_only(visual)
-    for i, blk in enumerate(blocks(visual)[k:]):
+    for i, blk in enumerate(blocks(visual)[prune_layer:]):
         if deep and i > 0:
             h = torch.cat([h[:, :n], extra[i].to(h.dtype).unsqueeze(0).expand(h.shape[0], -1, -1)], 1)
-        h = run_block(blk, h, cls_only=cls_only and k + i == last)
+        h = run_block(blk, h, cls_only=cls_only and prune_layer + i == last)
     return head(visual, h[:, :n])
 
 
-def encode(visual, x: torch.Tensor, k: int, keep: torch.Tensor | None = None,
+def encode(visual, x: torch.Tensor, prune_layer: int, keep: torch.Tensor | None = None,
            reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
            extra: torch.Tensor | None = None) -> torch.Tensor:
-    """Image embeddings (unnormalised) with tokens reduced at the input of block ``k``.
+    """Image embeddings (unnormalised) with tokens reduced at the input of block ``prune_layer``.
 
     ``keep``: patch ids [B,K]; ``reduce``: any function [B,1+P,D] -> [B,1+K,D] (e.g. token
     merging); neither: all tokens (equals open_clip's ``encode_image``)."""
-    h = reduce_tokens(run_prefix(visual, x, k), keep=keep, merge=reduce)
-    return run_suffix(visual, h, k, extra)
+    h = reduce_tokens(run_prefix(visual, x, prune_layer), keep=keep, merge=reduce)
+    return run_suffix(visual, h, prune_layer, extra)

@@ -46,15 +46,15 @@ class PatchModel:
         return cls(clip, None, None, name=name, pretrained=None, prune_layer=prune_layer,
                    model_id=f"{name}/{weights_fingerprint(clip)}", set_eval=False)
 
-    def at_layer(self, k: int) -> "PatchModel":
-        """The same model pruning at the input of block ``k`` instead: shared weights, text
+    def at_layer(self, prune_layer: int) -> "PatchModel":
+        """The same model pruning at the input of block ``prune_layer`` instead: shared weights, text
         classifiers and id, nothing on ``self`` changed (setting ``prune_layer`` on a model that
         other requests use would change theirs too). Predictors and tokens are made for one
         layer and refuse the other (``errors.check_made_for``)."""
-        if k == self.prune_layer:
+        if prune_layer == self.prune_layer:
             return self
         other = PatchModel(self.clip, self.preprocess, self.tokenizer, name=self.name,
-                           pretrained=self.pretrained, prune_layer=k, model_id=self.model_id,
+                           pretrained=self.pretrained, prune_layer=prune_layer, model_id=self.model_id,
                            templates=self.templates, classnames=self.classnames, set_eval=False)
         other._zs_cache = self._zs_cache       # text embeddings do not depend on the layer
         return other
@@ -113,11 +113,11 @@ class PatchModel:
         return self._prune_layer
 
     @prune_layer.setter
-    def prune_layer(self, k: int) -> None:
-        if not isinstance(k, int) or not 0 <= k < self.num_layers:
+    def prune_layer(self, layer: int) -> None:
+        if not isinstance(layer, int) or not 0 <= layer < self.num_layers:
             raise PatchRankError(f"prune_layer must be an int in [0, {self.num_layers - 1}] "
-                                 f"(the block whose input is pruned), got {k!r}")
-        self._prune_layer = k
+                                 f"(the block whose input is pruned), got {layer!r}")
+        self._prune_layer = layer
 
     def keep_count(self, ratio: float) -> int:
         """Kept patches for a keep ratio: round(ratio * P), at least 1 (docs/design.md)."""
@@ -158,15 +158,15 @@ class PatchModel:
         if tokens is not None:
             tokens.check_model(self)
             extra = tokens.visual_tokens()
-        k = self.prune_layer
+        layer = self.prune_layer
         if keep is not None and keep_ratio is not None:
             raise PatchRankError("give either keep (patch ids) or keep_ratio, not both")
         if keep_ratio is None:
-            out = forward.encode(self.visual, x, k, keep=keep, extra=extra)
+            out = forward.encode(self.visual, x, layer, keep=keep, extra=extra)
         else:
-            h = forward.run_prefix(self.visual, x, k)
+            h = forward.run_prefix(self.visual, x, layer)
             h = rankers.reduce(rankers.resolve(ranker), self, x, h, self.keep_count(keep_ratio))
-            out = forward.run_suffix(self.visual, h, k, extra)
+            out = forward.run_suffix(self.visual, h, layer, extra)
         return torch.nn.functional.normalize(out, dim=-1) if normalize else out
 
     def rank(self, x: torch.Tensor, ranker) -> torch.Tensor:
