@@ -10,6 +10,7 @@ from pathlib import Path
 
 import torch
 
+from . import hub
 from .errors import PatchRankError, WeightsUnavailable
 from .files import atomic_path
 
@@ -28,7 +29,6 @@ def locate(spec: str | os.PathLike, what: str, default_file: str, flag: str) -> 
     in it) / ``hf-hub:org/repo/dir/file`` fetched through huggingface_hub's cache. ``what``
     ("predictor", "tokens") and ``flag`` (the CLI option, e.g. ``--predictor``) word the
     message when the Hub cannot give it."""
-    from . import hub
     text = os.fspath(spec)
     if not text.startswith(hub.HUB_PREFIX):
         if not Path(text).is_file():

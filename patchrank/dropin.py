@@ -27,6 +27,8 @@ from . import rankers
 from .errors import PatchRankError
 from .loading import check_vit, load_model
 from .models import PatchModel
+from .predictor import load_predictor
+from .tokens import load_tokens
 
 
 class _Plan:
@@ -201,7 +203,6 @@ def resolve_ranker(ranker: Any, m: PatchModel) -> Any:
             return rankers.resolve(spec)
         if spec == "predictor" or spec.startswith("hf-hub:") or os.path.exists(spec) or \
                 spec.endswith(".safetensors"):
-            from .predictor import load_predictor
             return load_predictor(None if spec == "predictor" else spec, model=m)
         raise PatchRankError(f"unknown ranker {spec!r}: give a predictor file, an hf-hub:org/repo "
                              f"id, or one of {', '.join(rankers.available())}")
@@ -216,7 +217,6 @@ def _resolve_tokens(tokens: Any, m: PatchModel):
     if tokens is None:
         return None
     if isinstance(tokens, (str, os.PathLike)):
-        from .tokens import load_tokens
         return load_tokens(None if str(tokens) == "bundled" else tokens, model=m)
     tokens.check_model(m)
     return tokens

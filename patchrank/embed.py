@@ -28,9 +28,10 @@ from .data.base import IMAGE_EXTENSIONS
 from .data.images import load_image
 from .dropin import PrunedCLIP, prune
 from .errors import PatchRankError
-from .progress import bar as progress_bar
 from .files import atomic_path, write_json
 from .models import PatchModel
+from .progress import bar as progress_bar
+from .timing import interleaved
 
 OUT_DTYPES = ("float32", "float16")
 
@@ -195,7 +196,6 @@ def _run(m: PatchModel, fast: PrunedCLIP, paths: Sequence[Path], state: _Progres
 
 def _compare(m: PatchModel, fast: PrunedCLIP, x: torch.Tensor) -> dict:
     """Pruned vs full image tower on the same batch, interleaved repeats (``timing.interleaved``)."""
-    from .timing import interleaved
     with torch.inference_mode():
         t = interleaved({"pruned": lambda: fast.encode_image(x), "full": lambda: m.clip.encode_image(x)},
                         repeats=5, warmup=1)

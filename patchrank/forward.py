@@ -135,10 +135,12 @@ def gather_patches(h: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
 def reduce_tokens(h: torch.Tensor, keep: torch.Tensor | None = None,
                   merge: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
     """The one token reduction at the input of the prune layer: CLS + the patches ``keep``
-    [B,K] (ids validated), or ``merge``'s output [B,1+K,D] for methods that combine tokens;
-    neither: all tokens. Every way of pruning (``rankers.reduce``) ends here."""
+    [B,K], or ``merge``'s output [B,1+K,D] for methods that combine tokens; neither: all tokens.
+    Every way of pruning (``rankers.reduce``, ``encode``) ends here. ``keep`` is taken as valid
+    (a ranker's own choice; ids from a user go through ``check_keep`` first): a data-dependent
+    check here would also stop ``torch.export`` from tracing the pruned encoder."""
     if keep is not None:
-        return gather_patches(h, check_keep(keep, h.shape[0], h.shape[1] - 1))
+        return gather_patches(h, keep)
     if merge is not None:
         return merge(h)
     return h
@@ -172,5 +174,7 @@ def encode(visual, x: torch.Tensor, prune_layer: int, keep: torch.Tensor | None 
 
     ``keep``: patch ids [B,K]; ``reduce``: any function [B,1+P,D] -> [B,1+K,D] (e.g. token
     merging); neither: all tokens (equals open_clip's ``encode_image``)."""
-    h = reduce_tokens(run_prefix(visual, x, prune_layer), keep=keep, merge=reduce)
-    return run_suffix(visual, h, prune_layer, extra)
+    h = run_prefix(visual, x, prune_layer)
+    if keep is not None:
+        keep = check_keep(keep, h.shape[0], h.shape[1] - 1)
+    return run_suffix(visual, reduce_tokens(h, keep=keep, merge=reduce), prune_layer, extra)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from typing import Iterator, Sequence
 
+from .downloads import bar_class  # a watcher (the app) sees size and bytes
 from .errors import PatchRankError, WeightsUnavailable
 
 HUB_PREFIX = "hf-hub:"
@@ -55,7 +56,6 @@ def fetch(repo: str, filename: str, *, what: str, hints: dict[str, str] | None =
         cached = try_to_load_from_cache(repo, filename)
         if not isinstance(cached, str) and not constants.HF_HUB_OFFLINE:
             _check_reachable(repo, filename)
-        from .downloads import bar_class            # a watcher (the app) sees size and bytes
         return hf_hub_download(repo, filename, tqdm_class=bar_class())
     except PatchRankError:
         raise

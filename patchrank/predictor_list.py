@@ -30,6 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+from .predictor import load_predictor
+from .weights import canonical_tag
+
 ENV = "PATCHRANK_PREDICTORS"
 BUNDLED = "bundled"
 
@@ -58,7 +61,6 @@ def _norm_name(name: str) -> str:
 def _norm_tag(name: str, tag: str | None) -> str | None:
     if not tag:
         return None
-    from .weights import canonical_tag
     try:
         return canonical_tag(_norm_name(name), tag) or tag
     except Exception:   # not an open_clip name (bundled, hf-hub:) or not a tag: compare as given
@@ -149,7 +151,6 @@ def load(entry: KnownPredictor, m):
     """The entry's predictor, checked against ``m`` (``ModelMismatch`` if it was trained for
     other weights, ``WeightsUnavailable`` if it cannot be fetched, ``PatchRankError`` if the
     file is not a predictor)."""
-    from .predictor import load_predictor
     return load_predictor(None if entry.source == BUNDLED else entry.source, model=m)
 
 

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .eval_split import bundled_eval
+
 #: The bundled scenes' size (``patchrank.data.scenes.SIZE``): statistics are taken at it.
 SIZE = 112
 #: Laplacian magnitude below which a pixel counts as flat (grey levels in [0, 1]).
@@ -81,7 +83,6 @@ def image_stats(image: Image.Image | np.ndarray) -> dict[str, float]:
 @functools.lru_cache(maxsize=1)
 def scene_ranges() -> dict[str, tuple[float, float]]:
     """Each statistic's (low, high) over the shipped evaluation split, widened by ``MARGIN``."""
-    from .eval_split import bundled_eval
     stats = [image_stats(im) for im in bundled_eval().images]
     out = {}
     for k in NAMES:

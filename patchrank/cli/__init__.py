@@ -15,7 +15,8 @@ import sys
 from typing import Iterator, Sequence
 
 from .. import __version__
-from ..errors import WeightsUnavailable
+from ..distributed import launched, launched_world
+from ..errors import PatchRankError, WeightsUnavailable
 from ..files import finite
 from . import deploy, measure, train
 from .options import Formatter, shared_options
@@ -75,9 +76,7 @@ def run(a: argparse.Namespace) -> int:
 def launched_for(a: argparse.Namespace) -> Iterator[None]:
     """The torchrun process group for commands that split work (``Command.distributed``); any
     other command under torchrun would run N identical copies, so it is refused."""
-    from ..distributed import launched, launched_world
     if launched_world() > 1 and not a.distributed:
-        from ..errors import PatchRankError
         raise PatchRankError(f"{a.command} does not split its work across processes; run it "
                              "without torchrun")
     with launched(getattr(a, "device", "cpu")) as device:

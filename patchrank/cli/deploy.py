@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..embed import OUT_DTYPES, embed_images
+from ..export import export_onnx
+from ..publish import upload_commands, write_model_card
 from .options import Command, default_of, load, one_ratio, positive_int
 
 RANKER_HELP = ("a predictor file made for --model, hf-hub:org/repo, 'predictor' (the bundled one), "
@@ -14,22 +17,20 @@ RANKER_HELP = ("a predictor file made for --model, hf-hub:org/repo, 'predictor' 
 
 # -- embed ----------------------------------------------------------------------------------------
 def add_embed(p: argparse.ArgumentParser) -> None:
-    from ..embed import OUT_DTYPES
-    from ..embed import embed_images as fn
     p.add_argument("--data", required=True,
                    help="image folder (searched recursively) or a text file with one image path per line")
     p.add_argument("--out", required=True, help="embeddings .npy (an index .json is written beside it)")
-    p.add_argument("--keep", type=one_ratio, default=default_of(fn, "keep_ratio"),
+    p.add_argument("--keep", type=one_ratio, default=default_of(embed_images, "keep_ratio"),
                    help="keep ratio in (0, 1]; 1.0 = open_clip's own embeddings")
-    p.add_argument("--ranker", default=default_of(fn, "ranker"), help=RANKER_HELP)
+    p.add_argument("--ranker", default=default_of(embed_images, "ranker"), help=RANKER_HELP)
     p.add_argument("--tokens", default=None, help="learnable tokens file made for --model ('bundled': the bundled ones)")
-    p.add_argument("--batch", type=positive_int, default=default_of(fn, "batch"), help="images per batch")
-    p.add_argument("--workers", type=int, default=default_of(fn, "workers"),
+    p.add_argument("--batch", type=positive_int, default=default_of(embed_images, "batch"), help="images per batch")
+    p.add_argument("--workers", type=int, default=default_of(embed_images, "workers"),
                    help="image-decoding worker processes (0: decode in the main process)")
-    p.add_argument("--out-dtype", default=default_of(fn, "out_dtype"), choices=OUT_DTYPES,
+    p.add_argument("--out-dtype", default=default_of(embed_images, "out_dtype"), choices=OUT_DTYPES,
                    help="precision of the saved embeddings")
     p.add_argument("--no-normalize", action="store_true", help="save unnormalised embeddings")
-    p.add_argument("--on-error", default=default_of(fn, "on_error"), choices=["skip", "stop"],
+    p.add_argument("--on-error", default=default_of(embed_images, "on_error"), choices=["skip", "stop"],
                    help="an unreadable image: skip it (named on stderr, counted) or stop")
     p.add_argument("--no-compare", action="store_true",
                    help="skip timing the full model on the first batch for the speed-up figure")
@@ -37,7 +38,6 @@ def add_embed(p: argparse.ArgumentParser) -> None:
 
 
 def run_embed(a: argparse.Namespace) -> dict:
-    from ..embed import embed_images
     return embed_images(load(a), a.data, a.out, keep_ratio=a.keep, ranker=a.ranker, tokens=a.tokens,
                         batch=a.batch, workers=a.workers, out_dtype=a.out_dtype,
                         normalize=not a.no_normalize, on_error=a.on_error, fresh=a.fresh,
@@ -46,17 +46,15 @@ def run_embed(a: argparse.Namespace) -> dict:
 
 # -- export ---------------------------------------------------------------------------------------
 def add_export(p: argparse.ArgumentParser) -> None:
-    from ..export import export_onnx as fn
     p.add_argument("--out", required=True, help="the .onnx file to write")
-    p.add_argument("--keep", type=one_ratio, default=default_of(fn, "keep_ratio"),
+    p.add_argument("--keep", type=one_ratio, default=default_of(export_onnx, "keep_ratio"),
                    help="keep ratio in (0, 1]: fixes the kept count in the graph")
-    p.add_argument("--ranker", default=default_of(fn, "ranker"), help=RANKER_HELP)
+    p.add_argument("--ranker", default=default_of(export_onnx, "ranker"), help=RANKER_HELP)
     p.add_argument("--tokens", default=None, help="learnable tokens file made for --model")
     p.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-PyTorch check")
 
 
 def run_export(a: argparse.Namespace) -> dict:
-    from ..export import export_onnx
     return export_onnx(load(a, dtype="float32"), a.out, keep_ratio=a.keep, ranker=a.ranker,
                        tokens=a.tokens, check=not a.no_check)
 
@@ -69,7 +67,6 @@ def add_publish(p: argparse.ArgumentParser) -> None:
 
 
 def run_publish(a: argparse.Namespace) -> dict:
-    from ..publish import upload_commands, write_model_card
     card = write_model_card(a.predictor, a.out, a.repo_id)
     return {"card": str(card), "upload": upload_commands(a.predictor, card, a.repo_id)}
 

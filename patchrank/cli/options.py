@@ -13,6 +13,8 @@ import inspect
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..loading import load_model
+
 if TYPE_CHECKING:
     import torch
 
@@ -168,7 +170,6 @@ def torch_dtype(name: str) -> "torch.dtype":
 def load(a: argparse.Namespace, dtype: str | None = None) -> "PatchModel":
     """The PatchModel named by the shared options; ``dtype`` overrides ``--dtype`` (golden keeps
     float32 weights and autocasts its search instead)."""
-    from ..loading import load_model
     return load_model(getattr(a, "model", "bundled"), getattr(a, "pretrained", None),
                       prune_layer=getattr(a, "prune_layer", None),
                       dtype=torch_dtype(dtype or a.dtype), device=getattr(a, "device", "cpu"))

@@ -28,6 +28,7 @@ from ..errors import PatchRankError
 from ..eval_split import bundled_eval
 from .base import IMAGE_EXTENSIONS, Dataset
 from .coop import coop_spec
+from . import scenes as S
 from .images import load_image
 
 TRAIN_SEED = 0
@@ -66,7 +67,6 @@ class BundledTrain(Dataset):
     ``name="bundled-val"`` starts at ``VAL_OFFSET`` instead: scenes no training run reaches."""
 
     def __init__(self, n: int, name: str = "bundled-train"):
-        from . import scenes as S
         self._gen = S.SceneGenerator("train", seed=TRAIN_SEED)
         self._offset = VAL_OFFSET if name == "bundled-val" else 0
         self.spec = f"{name}:{n}"
