@@ -29,7 +29,8 @@ import torch  # noqa: E402
 import patchrank as pr  # noqa: E402
 from patchrank import forward, metrics  # noqa: E402
 from patchrank.data.datasets import open_dataset  # noqa: E402
-from patchrank.golden import _Scorer, golden_ranking  # noqa: E402
+from patchrank.golden import golden_ranking  # noqa: E402
+from patchrank.golden_scorer import Scorer as _Scorer  # noqa: E402
 
 BAR = 0.95
 

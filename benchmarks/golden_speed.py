@@ -33,7 +33,8 @@ import torch  # noqa: E402
 import patchrank as pr  # noqa: E402
 from patchrank.figures import grid_table  # noqa: E402
 from patchrank import metrics  # noqa: E402
-from patchrank.golden import DEFAULT_BUDGET_MB, _variant_bytes, golden_ranking  # noqa: E402
+from patchrank.golden import DEFAULT_BUDGET_MB, golden_ranking  # noqa: E402
+from patchrank.golden_scorer import variant_bytes as _variant_bytes  # noqa: E402
 from patchrank.timing import interleaved  # noqa: E402
 
 DEFAULT_STOP = {"bundled": 0.6, "ViT-B-16": 0.95}

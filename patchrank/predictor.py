@@ -1,5 +1,6 @@
 """The patch-ranking predictor (paper phase II, docs/paper.md): a tiny network that reads the tokens
-entering block k of the *same* CLIP and scores every patch; trained to reproduce golden rankings.
+entering the prune layer of the *same* CLIP and scores every patch; trained to reproduce golden
+rankings.
 
 Architecture (docs/paper.md, from the official ``train_predictor.py``): channel average pooling D -> 64,
 one MLP-Mixer block (Tolstikhin et al. 2021: token MLP (1+P) -> 32 -> (1+P), channel MLP
@@ -9,14 +10,15 @@ a second full ViT (docs/paper.md, making pruning pointless), it reads the prefix
 computes anyway, so it adds ~0.06% of ViT-B/16's FLOPs.
 
 Losses (all take scores [B,P] and golden orders [B,P], most important first):
-- ``kl``: the paper's keep-set target, KL(p || softmax(scores)) with p ~uniform on the top K
-  golden patches, ~0 elsewhere (docs/paper.md; K from a configurable keep ratio).
+- ``kl``: the paper's keep-set target, KL(p || softmax(scores)) with p ~uniform on the
+  ``n_keep`` most important golden patches, ~0 elsewhere (docs/paper.md; ``n_keep`` from a
+  configurable keep ratio).
 - ``margin``: pairwise hinge on sampled pairs, the paper's commented alternative.
 - ``listwise``: Plackett-Luce likelihood of the full golden order (Plackett 1975; ListMLE,
   Xia et al. 2008).
-The default is ``kl``, the paper's. On a synthetic learnable target (tests) ``listwise`` and
-``margin`` reach a higher Kendall tau (~0.95 vs ~0.8), since ``kl`` only teaches the keep/drop
-boundary at one ratio; which wins on golden rankings is for the measured comparison to decide.
+The default is ``margin`` (``DEFAULT_LOSS``), not the paper's ``kl``: ``kl`` only teaches the
+keep/drop boundary at one ratio, while the pairwise loss learns the whole order and agreed best
+with golden rankings of held-out scenes (README, "Predictor").
 """
 from __future__ import annotations
 
@@ -28,9 +30,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import metrics as M
+from .bundled import BUNDLED_DIR
+from .checkpoints import load_tensors, locate, save_with_header
+from .checkpoints import read_header as read_file_header
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable, check_made_for
-from . import ordering
+from .metrics import keep_count
+from .ordering import order_from_scores
 
 FORMAT = "patchrank-predictor"
 FORMAT_VERSION = 1
@@ -39,12 +44,11 @@ HUB_FILE = "predictor.safetensors"
 
 
 def default_path() -> Path:
-    from .bundled import BUNDLED_DIR
     return BUNDLED_DIR / "predictor.safetensors"
 
 
 class Predictor(nn.Module):
-    """Scores patches from the tokens entering block ``prune_layer`` [B,1+P,D] -> [B,P].
+    """Scores patches from the tokens entering the prune layer [B,1+P,D] -> [B,P].
 
     It is a ranker (``scores(m, x, h)``), so ``m.encode_image(x, keep_ratio=0.6, ranker=p)``
     prunes with it. ``model_id``/``prune_layer`` name the model and layer it was trained for;
@@ -103,7 +107,7 @@ class Predictor(nn.Module):
     def rank(self, m, x: torch.Tensor) -> torch.Tensor:
         """Patch order [B,P], most important first."""
         with torch.inference_mode():
-            return ordering.order_from_scores(self.scores(m, x, m.prefix(x)))
+            return order_from_scores(self.scores(m, x, m.prefix(x)))
 
     # -- cost -----------------------------------------------------------------------------------
     def num_params(self) -> int:
@@ -135,7 +139,6 @@ class Predictor(nn.Module):
 
     def save(self, path: str | os.PathLike) -> Path:
         """safetensors weights with the JSON header in the file's metadata."""
-        from .checkpoints import save_with_header
         return save_with_header(self, path, self.header())
 
     def extra_repr(self) -> str:
@@ -144,8 +147,7 @@ class Predictor(nn.Module):
 
 def read_header(path: str | os.PathLike) -> dict:
     """The JSON header of a predictor file, without loading its tensors."""
-    from .checkpoints import read_header as _read
-    return _read(path, FORMAT, "predictor")
+    return read_file_header(path, FORMAT, "predictor")
 
 
 def load_predictor(path: str | os.PathLike | None = None, model=None) -> Predictor:
@@ -155,7 +157,6 @@ def load_predictor(path: str | os.PathLike | None = None, model=None) -> Predict
 
     With ``model``, a file made for another model (other id, shape or prune layer) is refused
     with ``ModelMismatch`` naming both ids; without it the check happens at first use."""
-    from .checkpoints import load_tensors, locate
     if path is None:
         path = default_path()
         if not path.is_file():
@@ -182,12 +183,13 @@ def load_predictor(path: str | os.PathLike | None = None, model=None) -> Predict
 
 # -- losses ---------------------------------------------------------------------------------------
 def keep_set_target(order: torch.Tensor, keep_ratio: float = 0.6) -> torch.Tensor:
-    """The paper's target distribution (docs/paper.md): logit 0 for the top K golden patches and
-    -5 - 0.1*j for position j >= K, softmaxed -> ~1/K on the kept set, ~0 on the rest."""
+    """The paper's target distribution (docs/paper.md): logit 0 for the ``n_keep`` most important
+    golden patches and -5 - 0.1*j for position j >= n_keep, softmaxed -> ~1/n_keep on the kept
+    set, ~0 on the rest."""
     b, p = order.shape
-    k = M.keep_count(keep_ratio, p)
+    n_keep = keep_count(keep_ratio, p)
     j = torch.arange(p, device=order.device, dtype=torch.float32)
-    logits = torch.where(j < k, torch.zeros_like(j), -5.0 - 0.1 * j)
+    logits = torch.where(j < n_keep, torch.zeros_like(j), -5.0 - 0.1 * j)
     target = torch.softmax(logits, dim=0)
     return torch.zeros(b, p, device=order.device).scatter_(1, order, target.expand(b, -1).contiguous())
 

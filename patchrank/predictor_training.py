@@ -1,7 +1,7 @@
 """Training the predictor (paper phase II, docs/paper.md) on golden rankings, in one process or
 data-parallel under ``torchrun``.
 
-The backbone is frozen, so the tokens entering block k are computed once per image
+The backbone is frozen, so the tokens entering the prune layer are computed once per image
 (``extract_features``: the only costly step, one prefix per image) and every epoch trains the
 46 K-parameter predictor on that cache. Data-parallel (``torch.distributed`` group up): the seeded
 train/validation split is the same on every rank; each rank extracts and keeps the features of
@@ -21,13 +21,35 @@ from typing import Iterable
 
 import torch
 
-from . import distributed
-from . import metrics as M
-from .progress import staged as staged_progress
+from .distributed import gather, group, rank_world
 from .errors import ModelMismatch, PatchRankError
+from .metrics import agreement
+from .ordering import order_from_scores
 from .predictor import DEFAULT_LOSS, LOSSES, Predictor
+from .progress import staged as staged_progress
 from .resume import load_state, run_key, save_state
-from . import ordering
+
+
+@dataclass(frozen=True)
+class PredictorTraining:
+    """The ``train-predictor`` settings and their defaults, defined here once (``train_predictor``,
+    ``train_on_features`` and the command read them). Adam at ``lr`` with weight decay ``wd``,
+    cosine to lr/10 (docs/paper.md: CosineAnnealingLR to 1e-4); ``keep_ratio``: the kl loss's
+    kept set, the validation IoU and the reported cost; ``patience``: epochs without improvement
+    of the validation loss before stopping (None: never)."""
+    loss: str = DEFAULT_LOSS
+    keep_ratio: float = 0.6
+    epochs: int = 50
+    batch: int = 64
+    lr: float = 1e-3
+    wd: float = 1e-4
+    cosine: bool = True
+    val_fraction: float = 0.1
+    patience: int | None = 10
+    seed: int = 0
+
+
+TRAINING = PredictorTraining()
 
 
 @dataclass
@@ -98,21 +120,23 @@ def split(n: int, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.T
 def owned_positions(n: int, val_fraction: float, seed: int) -> torch.Tensor:
     """The image positions whose features this rank extracts and keeps: every ``world``-th of
     the train and of the validation positions (all of them in one process)."""
-    rank, world = distributed.rank_world()
+    rank, world = rank_world()
     tr, va = split(n, val_fraction, seed)
     return torch.cat([tr[rank::world], va[rank::world]]).sort().values
 
 
 def train_on_features(predictor: Predictor, feats: torch.Tensor, orders: torch.Tensor, *,
-                      loss: str = DEFAULT_LOSS, keep_ratio: float = 0.6, epochs: int = 50, batch: int = 64,
-                      lr: float = 1e-3, wd: float = 1e-4, cosine: bool = True,
-                      val_fraction: float = 0.1, patience: int | None = 10, seed: int = 0,
+                      loss: str = TRAINING.loss, keep_ratio: float = TRAINING.keep_ratio,
+                      epochs: int = TRAINING.epochs, batch: int = TRAINING.batch,
+                      lr: float = TRAINING.lr, wd: float = TRAINING.wd, cosine: bool = TRAINING.cosine,
+                      val_fraction: float = TRAINING.val_fraction,
+                      patience: int | None = TRAINING.patience, seed: int = TRAINING.seed,
                       progress=None, loss_kwargs: dict | None = None,
                       threads: int | None = None, owned: torch.Tensor | None = None,
                       checkpoint: str | os.PathLike | None = None) -> TrainResult:
     """Train ``predictor`` on cached tokens ``feats`` against golden ``orders`` [N,P].
 
-    Adam (lr 1e-3, weight decay 1e-4) with a cosine schedule to lr/10 over the planned steps
+    Adam (``PredictorTraining``) with a cosine schedule to lr/10 over the planned steps
     (docs/paper.md: CosineAnnealingLR to 1e-4), no augmentation (rankings are tied to the exact crop).
     A seeded ``val_fraction`` of the images is held out; after each epoch the validation loss
     decides early stopping (``patience`` epochs without improvement) and the best epoch's weights
@@ -154,7 +178,7 @@ class _Shard:
 
 def _step(predictor, opt, sched, fn, shard: _Shard, orders, idx, gen, kw) -> float:
     """One optimiser step on the global batch ``idx``; returns its mean loss (all ranks)."""
-    dist = distributed.group()
+    dist = group()
     mine = shard.mine(idx) if dist else idx
     opt.zero_grad(set_to_none=False)
     if len(mine):
@@ -179,13 +203,13 @@ def _step(predictor, opt, sched, fn, shard: _Shard, orders, idx, gen, kw) -> flo
 
 def _scores(predictor, shard: _Shard, idx: torch.Tensor) -> torch.Tensor:
     """Scores of the images ``idx`` in that order, gathered from the ranks that hold them."""
-    mine = shard.mine(idx) if distributed.group() else idx
+    mine = shard.mine(idx) if group() else idx
     with torch.no_grad():
         s = [predictor(shard.features(mine[i:i + 256])) for i in range(0, len(mine), 256)]
     s = torch.cat(s) if s else torch.zeros(0, predictor.num_patches)
-    if distributed.group() is None:
+    if group() is None:
         return s
-    parts = distributed.gather((mine, s))
+    parts = gather((mine, s))
     pos = torch.cat([p for p, _ in parts])
     return torch.cat([v for _, v in parts])[torch.argsort(pos)]
 
@@ -195,8 +219,8 @@ def _evaluate(predictor, shard: _Shard, orders, val_idx, fn, kw, seed: int, rati
     predictor.eval()
     s = _scores(predictor, shard, val_idx)
     val_loss = float(fn(s, orders[val_idx], generator=torch.Generator().manual_seed(seed), **kw))
-    return {"val_loss": val_loss, **M.agreement(ordering.order_from_scores(s), orders[val_idx],
-                                                keep_ratios=ratios)}
+    return {"val_loss": val_loss, **agreement(order_from_scores(s), orders[val_idx],
+                                              keep_ratios=ratios)}
 
 
 def _optimiser(predictor, lr: float, wd: float, cosine: bool, total_steps: int):
@@ -254,7 +278,7 @@ def _train(predictor, feats, orders, owned, loss, keep_ratio, epochs, batch, lr,
     gen = torch.Generator().manual_seed(seed)
     torch.randperm(len(orders), generator=gen)     # the split's draw: shuffles as before ``split``
     run = _resume(checkpoint, run_key(settings, orders, predictor.model_id), predictor, opt, sched, gen)
-    report = staged_progress(progress if distributed.rank_world()[0] == 0 else None)
+    report = staged_progress(progress if rank_world()[0] == 0 else None)
 
     def evaluate(ratios: tuple) -> dict:
         return _evaluate(predictor, shard, orders, val_idx, fn, kw, seed, ratios)
@@ -289,8 +313,8 @@ def _epoch(run: _Run, predictor, opt, sched, fn, kw, shard, orders, train_idx, b
     process the loss's pair sampling draws from the same generator (as before checkpoints
     existed, so results did not change); data-parallel, each rank draws from its own, seeded
     per epoch so a resumed run samples as an uninterrupted one would."""
-    rank = distributed.rank_world()[0]
-    loss_gen = gen if distributed.group() is None else torch.Generator().manual_seed(
+    rank = rank_world()[0]
+    loss_gen = gen if group() is None else torch.Generator().manual_seed(
         seed + 1 + rank + 7919 * run.epoch)
     predictor.train()
     total = 0.0
@@ -312,10 +336,11 @@ def _keep_best(run: _Run, entry: dict, predictor, patience: int | None) -> None:
         run.stopped = patience is not None and run.stale >= patience
 
 
-def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_ratio: float = 0.6,
-                    epochs: int = 50, batch: int = 64, lr: float = 1e-3, wd: float = 1e-4,
-                    cosine: bool = True, val_fraction: float = 0.1, patience: int | None = 10,
-                    seed: int = 0, progress=None, predictor: Predictor | None = None,
+def train_predictor(m, dataset, rankings, *, loss: str = TRAINING.loss,
+                    keep_ratio: float = TRAINING.keep_ratio, epochs: int = TRAINING.epochs,
+                    batch: int = TRAINING.batch, lr: float = TRAINING.lr, wd: float = TRAINING.wd,
+                    cosine: bool = TRAINING.cosine, val_fraction: float = TRAINING.val_fraction,
+                    patience: int | None = TRAINING.patience, seed: int = TRAINING.seed, progress=None, predictor: Predictor | None = None,
                     feature_batch: int = 32, cache_dtype: torch.dtype = torch.float32,
                     loss_kwargs: dict | None = None, threads: int | None = None,
                     checkpoint: str | os.PathLike | None = None) -> TrainResult:
@@ -324,7 +349,7 @@ def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_rati
     ``dataset``: ``.ids`` (image ids) and ``.image(i)`` (the i-th image: PIL, or a preprocessed
     tensor), e.g. ``patchrank.data.datasets.open_dataset(spec)``. ``rankings``: {image_id: order
     LongTensor[P]} or ``(meta, {...})`` as ``patchrank.store.load_rankings`` returns; a meta
-    ``model_id`` other than ``m.model_id`` is refused. Tokens at block k are computed once per
+    ``model_id`` other than ``m.model_id`` is refused. Tokens at the prune layer are computed once per
     image (frozen backbone) and cached in memory as ``cache_dtype``. See ``train_on_features``;
     data-parallel under torchrun (module docstring), every rank returns the same predictor."""
     meta = {}
@@ -345,7 +370,7 @@ def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_rati
                              "dataset spec as the golden job's?)")
     orders = torch.stack([torch.as_tensor(rankings[ids[i]]).long() for i in use])
     orders = _check_orders(orders, m.num_patches)
-    report = staged_progress(progress if distributed.rank_world()[0] == 0 else None)
+    report = staged_progress(progress if rank_world()[0] == 0 else None)
     owned = owned_positions(len(use), val_fraction, seed)
     feats = extract_features(m, (dataset.image(use[j]) for j in owned.tolist()), batch=feature_batch,
                              progress=report, total=len(owned), dtype=cache_dtype)
@@ -358,7 +383,7 @@ def train_predictor(m, dataset, rankings, *, loss: str = DEFAULT_LOSS, keep_rati
     res = train_on_features(predictor, feats, orders, loss=loss, keep_ratio=keep_ratio, epochs=epochs,
                             batch=batch, lr=lr, wd=wd, cosine=cosine, val_fraction=val_fraction,
                             patience=patience, seed=seed, progress=report, loss_kwargs=loss_kwargs,
-                            threads=threads, owned=owned if distributed.group() else None,
+                            threads=threads, owned=owned if group() else None,
                             checkpoint=checkpoint)
     res.predictor.meta["model"] = {"name": m.name, "pretrained": m.pretrained}
     if meta:

@@ -16,7 +16,7 @@ from typing import Any
 
 import torch
 
-from . import distributed
+from .distributed import barrier, rank_world
 from .errors import PatchRankError
 from .files import atomic_path
 
@@ -55,7 +55,7 @@ def save_state(path: str | os.PathLike | None, key: str, state: dict) -> None:
     """Replace the checkpoint with ``state`` (tensors, state dicts, numbers, lists)."""
     if path is None:
         return
-    if distributed.rank_world()[0] == 0:
+    if rank_world()[0] == 0:
         with atomic_path(path) as tmp:
             torch.save({"key": key, **state}, tmp)
-    distributed.barrier()
+    barrier()

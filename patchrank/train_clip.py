@@ -9,9 +9,9 @@ Language-Image Pre-training via Masking": drop a random half of the patch tokens
 ~2x cheaper steps for nearly the same accuracy per sample) with an unmasked tail, then a
 short second cycle that drops a random 0-90 % per step, so the model also decides from the few
 dozen tokens that pruning at low keep ratios leaves it (each cycle: ``schedule``, ``patch_dropout``).
-Precision: float32 throughout. The brief expected AMX (bf16 working weights ~6x faster), but the
-machines this project actually runs on are AMD EPYC (Zen 3, AVX2 only: no AMX, no avx512_bf16),
-where a 2048^2 bf16 matmul runs at ~0.3 GFLOP/s against ~130 in fp32 (measured; see README).
+Precision: float32 throughout: bf16 working weights pay off only on CPUs with AMX or
+avx512_bf16, and on the AVX2-only machines this project trains on bf16 matmuls are far slower
+than fp32 ones (README).
 Checkpoints are atomic and the run resumes from the last one; every random draw is seeded by
 (seed, step), so a resumed run equals an uninterrupted one.
 """
@@ -23,7 +23,9 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -226,32 +228,97 @@ def zero_shot_accuracy(model, tokenizer, images: np.ndarray, labels: np.ndarray,
     return correct / len(images)
 
 
-def _save_atomic(obj, path: Path):
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+@dataclass(frozen=True)
+class RunSettings:
+    """How ``train`` runs besides the config's model and schedule, with each default defined
+    once: evaluation every ``eval_every`` steps on ``eval_n`` test scenes, a checkpoint every
+    ``ckpt_every`` steps, ``threads`` torch CPU threads (None: leave torch's setting; the CLI
+    sets ``--threads`` once)."""
+    eval_every: int = 300
+    ckpt_every: int = 100
+    eval_n: int = 600
+    threads: int | None = 2
+
+
+RUN = RunSettings()
+
+
+@dataclass
+class _Run:
+    """A training run's model, optimiser and bookkeeping: built, then resumed, then stepped."""
+    cfg: dict
+    tcfg: dict
+    compact_cfg: dict
+    tokenizer: Any
+    used: torch.Tensor
+    remap: torch.Tensor
+    master: Any
+    opt: torch.optim.Optimizer
+    ckpt_path: Path
+    start: int = 0
+    log: list = field(default_factory=list)
+    elapsed0: float = 0.0
+    losses: list = field(default_factory=list)
 
 
 def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None = None,
-          threads: int | None = 2, eval_every: int = 300, ckpt_every: int = 100, eval_n: int = 600,
+          threads: int | None = RUN.threads, eval_every: int = RUN.eval_every,
+          ckpt_every: int = RUN.ckpt_every, eval_n: int = RUN.eval_n,
           config_path: str | os.PathLike = CONFIG_PATH, progress: bool = True) -> dict:
     """Train (or resume) the bundled CLIP into ``out_dir``; returns the final log entry."""
-    import open_clip
-    from open_clip.transformer import PatchDropout
-
-    if threads:                    # None: leave torch's setting (the CLI sets --threads once)
+    if threads:
         torch.set_num_threads(threads)
+    run = _build(_train_config(config_path, seed), Path(out_dir))
+    _resume(run)
+    table = {c: run.remap[t] for c, t in zip(all_captions(), run.tokenizer(all_captions()))}
+    test = S.SceneGenerator("test", seed=1).batch(range(eval_n))
+    test_x = np.stack([s.image for s in test])
+    test_y = np.array([s.label for s in test])
+    tcfg = run.tcfg
+    end = total_steps(tcfg) if steps is None else min(steps, total_steps(tcfg))
+    if run.start >= end:
+        print(f"{run.ckpt_path} is already at step {run.start}", file=sys.stderr)
+        return run.log[-1] if run.log else {}
+    data = _Batches(tcfg["seed"], tcfg["batch"], end, run.start, table)
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4,
+                                         persistent_workers=False)
+    bar = progress_bar(end, "train-clip", initial=run.start, enabled=progress)
+    t0 = time.time()
+    entry = run.log[-1] if run.log else {}
+    for step, x, tokens, pos in loader:
+        lr = _step(run, step, x, tokens, pos)
+        done = step + 1
+        bar.update(1)
+        bar.set_postfix(loss=f"{np.mean(run.losses[-20:]):.3f}", lr=f"{lr:.1e}",
+                        acc=entry.get("acc", float("nan")))
+        if done % eval_every == 0 or done == end:
+            entry = _evaluate(run, done, lr, test_x, test_y, run.elapsed0 + time.time() - t0)
+        if done % ckpt_every == 0 or done == end:
+            _save_checkpoint(run, done, run.elapsed0 + time.time() - t0)
+    bar.close()
+    return run.log[-1] if run.log else {}
+
+
+def _train_config(config_path: str | os.PathLike, seed: int | None) -> tuple[dict, dict]:
+    """(config, its train part with ``seed`` applied); a bad schedule stops the run here,
+    before anything is built."""
     cfg = load_config(config_path)
     tcfg = dict(cfg["train"])
     if seed is not None:
         tcfg["seed"] = seed
     try:
-        schedule(tcfg)             # a bad cycle stops the run here, before anything is built
+        schedule(tcfg)
     except ValueError as e:
         raise PatchRankError(f"{config_path}: bad train schedule: {e}") from None
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt_path = out / "ckpt.pt"
+    return cfg, tcfg
 
+
+def _build(configs: tuple[dict, dict], out: Path) -> _Run:
+    """The tokenizer, the compact vocabulary (``used_token_ids``), the model seeded by the
+    config's seed and AdamW (no weight decay on gains, biases and the logit scale)."""
+    import open_clip
+    cfg, tcfg = configs
+    out.mkdir(parents=True, exist_ok=True)
     ctx = cfg["model_cfg"]["text_cfg"]["context_length"]
     tokenizer = open_clip.tokenizer.SimpleTokenizer(context_length=ctx)
     used = used_token_ids(tokenizer)
@@ -259,75 +326,73 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
     remap[used] = torch.arange(len(used))
     compact_cfg = copy.deepcopy(cfg["model_cfg"])
     compact_cfg["text_cfg"]["vocab_size"] = len(used)
-
     torch.manual_seed(tcfg["seed"])
     master = build_clip(compact_cfg)
-    decay = [p for n, p in master.named_parameters() if p.ndim >= 2 and "logit_scale" not in n]
-    no_decay = [p for n, p in master.named_parameters() if not (p.ndim >= 2 and "logit_scale" not in n)]
+    decays = lambda n, p: p.ndim >= 2 and "logit_scale" not in n  # noqa: E731
+    decay = [p for n, p in master.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in master.named_parameters() if not decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=_lr(0, tcfg), betas=(0.9, 0.98), eps=1e-6)
-    start, log, elapsed0 = 0, [], 0.0
-    if ckpt_path.exists():
-        state = torch.load(ckpt_path, weights_only=True)
-        if not resumable(state["train_cfg"], tcfg, state["step"]) or state["model_cfg"] != compact_cfg:
-            raise PatchRankError(f"{ckpt_path} was made with other settings ({state['train_cfg']}); "
-                                 "use another --out or delete it")
-        master.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        start, log, elapsed0 = state["step"], json.loads(state["log"]), state["elapsed"]
-        print(f"resuming from step {start}", file=sys.stderr)
-    work = master   # fp32: see the module docstring
+    return _Run(cfg, tcfg, compact_cfg, tokenizer, used, remap, master, opt, out / "ckpt.pt")
 
-    table = {c: remap[t] for c, t in zip(all_captions(), tokenizer(all_captions()))}
-    test = S.SceneGenerator("test", seed=1).batch(range(eval_n))
-    test_x = np.stack([s.image for s in test])
-    test_y = np.array([s.label for s in test])
 
-    end = total_steps(tcfg) if steps is None else min(steps, total_steps(tcfg))
-    if start >= end:
-        print(f"{ckpt_path} is already at step {start}", file=sys.stderr)
-        return log[-1] if log else {}
-    data = _Batches(tcfg["seed"], tcfg["batch"], end, start, table)
-    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4,
-                                         persistent_workers=False)
-    bar = progress_bar(end, "train-clip", initial=start, enabled=progress)
-    t0, losses = time.time(), []
-    entry = log[-1] if log else {}
-    for step, x, tokens, pos in loader:
-        lr = _lr(step, tcfg)
-        for g in opt.param_groups:
-            g["lr"] = lr
-        drop = patch_dropout(step, tcfg)
-        work.visual.patch_dropout = PatchDropout(drop) if drop > 0 else torch.nn.Identity()
-        torch.manual_seed(tcfg["seed"] * 1_000_003 + step)   # dropout draws depend on (seed, step) only
-        work.train()
-        x = images_to_tensor(x.numpy())
-        img = work.encode_image(x)
-        txt = work.encode_text(tokens)
-        scale = work.logit_scale.float().exp().clamp(max=100)
-        loss = contrastive_loss(img, txt, scale, pos)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(master.parameters(), tcfg["grad_clip"])
-        opt.step()
-        losses.append(float(loss.detach()))
-        done = step + 1
-        bar.update(1)
-        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}", lr=f"{lr:.1e}",
-                        acc=entry.get("acc", float("nan")))
-        if done % eval_every == 0 or done == end:
-            work.eval()
-            acc = zero_shot_accuracy(work, lambda p: remap[tokenizer(p)], test_x, test_y)
-            entry = {"step": done, "loss": float(np.mean(losses[-50:])), "acc": acc, "lr": lr,
-                     "seconds": round(elapsed0 + time.time() - t0, 1)}
-            log.append(entry)
-            print(json.dumps(entry), file=sys.stderr)
-        if done % ckpt_every == 0 or done == end:
-            _save_atomic({"model": master.state_dict(), "opt": opt.state_dict(), "step": done,
-                          "train_cfg": tcfg, "model_cfg": compact_cfg, "log": json.dumps(log),
-                          "used_token_ids": used, "full_model_cfg": json.dumps(cfg["model_cfg"]),
-                          "elapsed": elapsed0 + time.time() - t0},
-                         ckpt_path)
-    bar.close()
-    return log[-1] if log else {}
+def _resume(run: _Run) -> None:
+    """Continue from the run folder's checkpoint if there is one made with these settings."""
+    if not run.ckpt_path.exists():
+        return
+    state = torch.load(run.ckpt_path, weights_only=True)
+    if not resumable(state["train_cfg"], run.tcfg, state["step"]) or state["model_cfg"] != run.compact_cfg:
+        raise PatchRankError(f"{run.ckpt_path} was made with other settings ({state['train_cfg']}); "
+                             "use another --out or delete it")
+    run.master.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["opt"])
+    run.start, run.log, run.elapsed0 = state["step"], json.loads(state["log"]), state["elapsed"]
+    print(f"resuming from step {run.start}", file=sys.stderr)
+
+
+def _step(run: _Run, step: int, x: torch.Tensor, tokens: torch.Tensor, pos: torch.Tensor) -> float:
+    """One optimiser step (fp32: see the module docstring); returns its learning rate. Patch
+    dropout draws are seeded by (seed, step) alone, so a resumed run draws what an
+    uninterrupted one does."""
+    from open_clip.transformer import PatchDropout
+    tcfg, model = run.tcfg, run.master
+    lr = _lr(step, tcfg)
+    for g in run.opt.param_groups:
+        g["lr"] = lr
+    drop = patch_dropout(step, tcfg)
+    model.visual.patch_dropout = PatchDropout(drop) if drop > 0 else torch.nn.Identity()
+    torch.manual_seed(tcfg["seed"] * 1_000_003 + step)
+    model.train()
+    img = model.encode_image(images_to_tensor(x.numpy()))
+    txt = model.encode_text(tokens)
+    scale = model.logit_scale.float().exp().clamp(max=100)
+    loss = contrastive_loss(img, txt, scale, pos)
+    run.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
+    run.opt.step()
+    run.losses.append(float(loss.detach()))
+    return lr
+
+
+def _evaluate(run: _Run, done: int, lr: float, test_x: np.ndarray, test_y: np.ndarray,
+              seconds: float) -> dict:
+    """Zero-shot accuracy on the test scenes, appended to the run's log (and to stderr)."""
+    run.master.eval()
+    acc = zero_shot_accuracy(run.master, lambda p: run.remap[run.tokenizer(p)], test_x, test_y)
+    entry = {"step": done, "loss": float(np.mean(run.losses[-50:])), "acc": acc, "lr": lr,
+             "seconds": round(seconds, 1)}
+    run.log.append(entry)
+    print(json.dumps(entry), file=sys.stderr)
+    return entry
+
+
+def _save_checkpoint(run: _Run, done: int, elapsed: float) -> None:
+    """Everything a resumed run needs, replaced atomically."""
+    state = {"model": run.master.state_dict(), "opt": run.opt.state_dict(), "step": done,
+             "train_cfg": run.tcfg, "model_cfg": run.compact_cfg, "log": json.dumps(run.log),
+             "used_token_ids": run.used, "full_model_cfg": json.dumps(run.cfg["model_cfg"]),
+             "elapsed": elapsed}
+    with atomic_path(run.ckpt_path) as tmp:
+        torch.save(state, tmp)

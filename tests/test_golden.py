@@ -103,7 +103,7 @@ def test_matches_brute_force(score, step, block, grid):
         x = x[:1]                     # the slow brute force; batching is covered by step 10
     labels = [1, 3][:len(x)] if score == "label" else None
     kw = dict(score=score, labels=labels, step=step, block=block)
-    got = golden_ranking(m, x, classnames=CLASSES, **kw)
+    got = golden_ranking(m, x, classnames=CLASSES, mode="greedy", **kw)
     want_order, want_removed = brute_force(m, x, **kw)
     assert got.order.tolist() == want_order
     assert got.removed_at.tolist() == want_removed
@@ -112,7 +112,7 @@ def test_matches_brute_force(score, step, block, grid):
 @pytest.mark.parametrize("stop_at, step, block", [(0.5, 3, 2), (0.6, 2, 1), (1.0, 1, 1)])
 def test_stop_at_matches_brute_force(stop_at, step, block):
     m, x = _model(5)
-    got = golden_ranking(m, x, step=step, block=block, stop_at=stop_at)
+    got = golden_ranking(m, x, mode="greedy", step=step, block=block, stop_at=stop_at)
     want_order, want_removed = brute_force(m, x, step=step, block=block, stop_at=stop_at)
     assert got.order.tolist() == want_order
     assert got.removed_at.tolist() == want_removed
@@ -121,13 +121,13 @@ def test_stop_at_matches_brute_force(stop_at, step, block):
 
 def test_float32_matches_brute_force():
     m, x = _model(4, torch.float32)
-    got = golden_ranking(m, x, step=10)
+    got = golden_ranking(m, x, mode="greedy", step=10)
     assert got.order.tolist() == brute_force(m, x, step=10)[0]
 
 
 def test_ranking_invariants_and_chunking():
     m, x = _model(5)
-    r = golden_ranking(m, x, step=2)
+    r = golden_ranking(m, x, mode="greedy", step=2)
     p = m.num_patches
     assert r.order.shape == (2, p) and r.order.dtype == torch.long
     assert torch.equal(r.order.sort(1).values, torch.arange(p).expand(2, -1))
@@ -136,10 +136,10 @@ def test_ranking_invariants_and_chunking():
     assert len(r.scores) == int(r.rounds.max()) == 12  # 24 removals, 2 per round
     assert torch.isnan(r.scores[-1]).sum(1).tolist() == [p - 3, p - 3]
     assert r.variants.tolist() == [1 + sum(range(p, 2, -2))] * 2 and (r.gflops > 0).all()
-    tiny_chunks = golden_ranking(m, x, step=2, batch_budget_mb=1e-6)      # one variant per chunk
-    single = golden_ranking(m, x[1:], step=2)
+    tiny_chunks = golden_ranking(m, x, mode="greedy", step=2, batch_budget_mb=1e-6)      # one variant per chunk
+    single = golden_ranking(m, x[1:], mode="greedy", step=2)
     with torch.inference_mode():
-        inf = golden_ranking(m, x, step=2)
+        inf = golden_ranking(m, x, mode="greedy", step=2)
     assert torch.equal(tiny_chunks.order, r.order) and torch.equal(inf.order, r.order)
     assert torch.equal(single.order[0], r.order[1])
     assert torch.equal(r.keep(0.4), r.order[:, :10].sort(1).values)
@@ -169,8 +169,8 @@ def test_oneshot_is_loo_order():
 
 def test_lazy_and_c2f_are_valid_and_cheaper():
     m, x = _model(4)
-    plain = golden_ranking(m, x, step=1, stop_at=0.25)
-    lazy = golden_ranking(m, x, step=1, stop_at=0.25, lazy=True)
+    plain = golden_ranking(m, x, mode="greedy", step=1, stop_at=0.25)
+    lazy = golden_ranking(m, x, mode="greedy", step=1, stop_at=0.25, lazy=True)
     c2f = golden_ranking(m, x, step=8, stop_at=0.25, mode="c2f")
     for r in (lazy, c2f):
         assert torch.equal(r.order.sort(1).values, torch.arange(m.num_patches).expand(2, -1))
@@ -185,7 +185,7 @@ def test_lazy_and_c2f_are_valid_and_cheaper():
 def test_lazy_is_exact_when_scores_never_rise(monkeypatch, step, block):
     """A synthetic objective whose harms only grow as patches go: lazy re-scoring must pick
     exactly what plain greedy picks, with fewer evaluations."""
-    from patchrank import golden
+    from patchrank import golden_scorer
     m, x = _model(5)
     w = torch.rand(m.num_patches, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
     calls = []
@@ -195,10 +195,11 @@ def test_lazy_is_exact_when_scores_never_rise(monkeypatch, step, block):
         calls.append(len(removals))
         return torch.stack([w[r].sum() * (1 + 0.05 * gone) for r in removals])
 
-    monkeypatch.setattr(golden._Scorer, "score_sets", fake)
-    plain = golden_ranking(m, x[:1], step=step, block=block, stop_at=0.3)
+    monkeypatch.setattr(golden_scorer.Scorer, "score_sets", fake)
+    plain = golden_ranking(m, x[:1], mode="greedy", step=step, block=block, stop_at=0.3)
     n_plain, calls[:] = sum(calls), []
-    lazy = golden_ranking(m, x[:1], step=step, block=block, stop_at=0.3, lazy=True)
+    lazy = golden_ranking(m, x[:1], mode="greedy", step=step, block=block, stop_at=0.3,
+                          lazy=True)
     assert torch.equal(lazy.order, plain.order) and torch.equal(lazy.removed_at, plain.removed_at)
     assert sum(calls) < n_plain
 
@@ -231,10 +232,11 @@ def test_registered_ranker_and_lower_precision():
     assert "golden" in rankers.available()
     from patchrank.golden import DEFAULT_SETTINGS
     want = golden_ranking(m, x, **DEFAULT_SETTINGS).order   # the registered default variant
+    assert torch.equal(golden_ranking(m, x).order, want)     # and the function's own default
     assert torch.equal(m.rank(x, "golden"), want)
     emb = m.encode_image(x, keep_ratio=0.5, ranker="golden")
     assert torch.allclose(emb, m.encode_image(x, keep=want[:, :8].sort(1).values), atol=1e-6)
-    bf = golden_ranking(m, x, step=4, dtype=torch.bfloat16)    # autocast; valid, not exact
+    bf = golden_ranking(m, x, mode="greedy", step=4, dtype=torch.bfloat16)    # autocast; valid, not exact
     assert bf.settings["dtype"] == "bfloat16"
     assert torch.equal(bf.order.sort(1).values, torch.arange(m.num_patches).expand(2, -1))
 
@@ -249,7 +251,8 @@ def test_bundled_smoke(bundled, eval_batch):
     assert r.settings["classnames"] == list(bundled.classnames)
 
 
-@pytest.mark.parametrize("settings", [dict(mode="oneshot"), dict(step=3), dict(step=2, stop_at=0.5),
+@pytest.mark.parametrize("settings", [dict(mode="oneshot"), dict(mode="greedy", step=3),
+                                      dict(mode="greedy", step=2, stop_at=0.5),
                                       dict(mode="oneshot", block=2)])
 def test_search_gflops_is_what_the_search_spends(settings):
     """The analytic cost a sweep charges to golden rows equals the FLOPs the search counted."""

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from patchrank import forward, metrics
-from patchrank.golden import _Scorer, golden_ranking
+from patchrank.golden import golden_ranking
+from patchrank.golden_scorer import Scorer as _Scorer
 
 N_SCENES = 20      # float64 agreement
 N_SMALL = 6        # order invariances
@@ -102,8 +103,8 @@ def test_order_is_the_same_alone_and_in_a_batch(bundled, scenes, oneshot):
 
 
 def test_greedy_agrees_across_chunk_sizes(bundled, scenes):
-    a = golden_ranking(bundled, scenes[:2], step=10, stop_at=0.5)
-    b = golden_ranking(bundled, scenes[:2], step=10, stop_at=0.5, batch_budget_mb=2)
+    a = golden_ranking(bundled, scenes[:2], mode="greedy", step=10, stop_at=0.5)
+    b = golden_ranking(bundled, scenes[:2], mode="greedy", step=10, stop_at=0.5, batch_budget_mb=2)
     _assert_same_order(a.order, b.order, "greedy, batch_budget_mb 2 vs 512")
 
 

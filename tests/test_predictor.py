@@ -240,8 +240,9 @@ def test_save_load_round_trip_and_refusals(tmp_path, tiny):
 
 
 def test_default_path_is_the_bundled_predictor(tmp_path, monkeypatch):
-    import patchrank.bundled as bundled_mod
-    monkeypatch.setattr(bundled_mod, "BUNDLED_DIR", tmp_path)
+    from patchrank.bundled import BUNDLED_DIR
+    assert P.default_path() == BUNDLED_DIR / "predictor.safetensors"
+    monkeypatch.setattr(P, "BUNDLED_DIR", tmp_path)
     with pytest.raises(WeightsUnavailable, match="train-predictor"):
         pr.load_predictor()
     P.Predictor(16, 4, model_id="x").save(tmp_path / "predictor.safetensors")

@@ -214,13 +214,14 @@ def _same(a, b):
 def clean_run(tmp_path_factory):
     """One uninterrupted single-process run (in-process: same code path as the CLI)."""
     import patchrank as pr
-    from patchrank.golden import rank_dataset
+    from patchrank.golden_job import rank_dataset
     out = tmp_path_factory.mktemp("clean")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)         # as OMP_NUM_THREADS=1 in the subprocesses
     try:
         m = pr.load_model(prune_layer=3)
-        s = rank_dataset(m, open_dataset("bundled-eval", 4), out, step=10, stop_at=0.95, progress=False)
+        s = rank_dataset(m, open_dataset("bundled-eval", 4), out, mode="greedy", step=10, stop_at=0.95,
+                         progress=False)
     finally:
         torch.set_num_threads(threads)
     assert s["computed"] == 4

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 import patchrank as pr
 from patchrank import forward
+from patchrank import token_training as TT
 from patchrank import tokens as T
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
@@ -48,7 +49,7 @@ def test_tokens_change_the_embedding(tiny, deep):
 def test_cached_path_equals_encode_image(tiny, ranker):
     imgs = _images(tiny, 3)
     t = T.LearnableTokens.for_model(tiny, 2, seed=1)
-    cache = T.precompute(tiny, imgs, ranker, [0.5, 1.0])
+    cache = TT.precompute(tiny, imgs, ranker, [0.5, 1.0])
     idx = torch.arange(3)
     for q in (0.5, 1.0):
         got = forward.run_suffix(tiny.visual, cache.sequence(q, idx), tiny.prune_layer, t.visual_tokens())
@@ -119,15 +120,15 @@ def test_training_lowers_the_loss_and_leaves_the_model_frozen(tiny, text_ctx):
     names = ["cat", "dog", "car"]
     flags = [p.requires_grad for p in tiny.clip.parameters()]
     before = {k: v.clone() for k, v in tiny.clip.state_dict().items()}
-    t, log = T.tune_tokens(tiny, imgs, labels, names, ranker="random", ratios=[0.5, 1.0],
+    t, log = TT.tune_tokens(tiny, imgs, labels, names, ranker="random", ratios=[0.5, 1.0],
                            num_visual=2, text_ctx=text_ctx, epochs=8, batch=4, lr=1e-2, init="mean")
     assert log.steps == 24 and len(log.epoch_loss) == 8
     assert log.epoch_loss[-1] < log.epoch_loss[0]
     assert t.meta["init"] == "mean" and not t.training
     assert [p.requires_grad for p in tiny.clip.parameters()] == flags
     assert all(torch.equal(v, before[k]) for k, v in tiny.clip.state_dict().items())
-    cache = T.precompute(tiny, imgs, "random", [0.5])
-    ev = T.evaluate(tiny, cache, labels, names, t)
+    cache = TT.precompute(tiny, imgs, "random", [0.5])
+    ev = TT.evaluate(tiny, cache, labels, names, t)
     assert ev["ratios"][0]["kept"] == tiny.keep_count(0.5) and "acc_tokens" in ev["full"]
 
 
@@ -135,11 +136,11 @@ def test_distill_objective_needs_no_labels_and_pulls_pruned_towards_full(tiny):
     """objective='distill': the target is the unpruned model's prediction on the same image."""
     imgs = _images(tiny, 12, seed=4)
     names = ["cat", "dog", "car"]
-    cache = T.precompute(tiny, imgs, "random", [0.25])
+    cache = TT.precompute(tiny, imgs, "random", [0.25])
     with pytest.raises(PatchRankError, match="needs labels"):
-        T.train_tokens(tiny, T.LearnableTokens.for_model(tiny, 2), cache, None, names)
+        TT.train_tokens(tiny, T.LearnableTokens.for_model(tiny, 2), cache, None, names)
     t = T.LearnableTokens.for_model(tiny, 2, seed=0)
-    log = T.train_tokens(tiny, t, cache, None, names, objective="distill", epochs=15, batch=4, lr=3e-2)
+    log = TT.train_tokens(tiny, t, cache, None, names, objective="distill", epochs=15, batch=4, lr=3e-2)
     assert log.settings["objective"] == "distill" and log.epoch_loss[-1] < log.epoch_loss[0]
     clf = tiny.zero_shot(names)
     x = torch.stack(imgs)
@@ -191,7 +192,7 @@ def test_bundled_tokens_recover_pruning_loss(bundled):
     ranker = t.meta.get("ranker") or {}
     r = ranker.get("name") if ranker.get("kind") == "builtin" else pr.load_predictor(model=bundled)
     ev = pr.bundled_eval(SUBSET)
-    res = T.evaluate(bundled, T.precompute(bundled, ev.images, r, [0.4]), ev.labels, ev.classnames, t)
+    res = TT.evaluate(bundled, TT.precompute(bundled, ev.images, r, [0.4]), ev.labels, ev.classnames, t)
     _check_acceptance(res["full"], res["ratios"][0], SUBSET_MARGIN)
 
 
@@ -209,14 +210,14 @@ def test_interrupted_token_training_resumes(tiny, tmp_path, monkeypatch):
     ends with the tokens and losses of an uninterrupted run."""
     imgs = _images(tiny, 12, seed=5)
     labels, names = [i % 3 for i in range(12)], ["cat", "dog", "car"]
-    cache = T.precompute(tiny, imgs, "random", [0.5, 1.0])
+    cache = TT.precompute(tiny, imgs, "random", [0.5, 1.0])
     kw = dict(epochs=4, batch=4, lr=1e-2, seed=2)
 
     def fresh():
         return T.LearnableTokens.for_model(tiny, 2, text_ctx=2, seed=2)
     whole = fresh()
-    log = T.train_tokens(tiny, whole, cache, labels, names, **kw)
-    real_epoch, calls = T._TokenStep.epoch, []
+    log = TT.train_tokens(tiny, whole, cache, labels, names, **kw)
+    real_epoch, calls = TT._TokenStep.epoch, []
 
     def stop_in_third(self, bar):
         calls.append(1)
@@ -224,13 +225,13 @@ def test_interrupted_token_training_resumes(tiny, tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_epoch(self, bar)
     ck = tmp_path / "t.ckpt"
-    monkeypatch.setattr(T._TokenStep, "epoch", stop_in_third)
+    monkeypatch.setattr(TT._TokenStep, "epoch", stop_in_third)
     with pytest.raises(KeyboardInterrupt):
-        T.train_tokens(tiny, fresh(), cache, labels, names, checkpoint=ck, **kw)
-    monkeypatch.setattr(T._TokenStep, "epoch", real_epoch)
+        TT.train_tokens(tiny, fresh(), cache, labels, names, checkpoint=ck, **kw)
+    monkeypatch.setattr(TT._TokenStep, "epoch", real_epoch)
     resumed = fresh()
-    log2 = T.train_tokens(tiny, resumed, cache, labels, names, checkpoint=ck, **kw)
+    log2 = TT.train_tokens(tiny, resumed, cache, labels, names, checkpoint=ck, **kw)
     assert log2.epoch_loss == log.epoch_loss
     assert all(torch.equal(a, b) for a, b in zip(whole.state_dict().values(), resumed.state_dict().values()))
     with pytest.raises(T.PatchRankError, match="checkpoint of another training"):
-        T.train_tokens(tiny, fresh(), cache, labels, names, checkpoint=ck, **{**kw, "lr": 2e-2})
+        TT.train_tokens(tiny, fresh(), cache, labels, names, checkpoint=ck, **{**kw, "lr": 2e-2})

@@ -7,25 +7,24 @@ import argparse
 import os
 from pathlib import Path
 
-from .options import (Command, default_of, hidden_alias, joined, load, non_negative_int, one_ratio,
-                      positive_int, ratio_list)
+from .options import (Command, hidden_alias, joined, load, non_negative_int, one_ratio, positive_int,
+                      ratio_list)
 
 
 # -- golden ---------------------------------------------------------------------------------------
 def add_golden(p: argparse.ArgumentParser) -> None:
-    from ..golden import DEFAULT_BUDGET_MB
-    from ..golden import DEFAULT_SETTINGS as GOLD   # the project's "golden" (README: which and why)
+    from ..golden import MODES, SCORES, SEARCH   # the project's "golden" (README: which and why)
     p.add_argument("--data", required=True, help="bundled-eval, bundled-train:N or an image folder")
     p.add_argument("--out", required=True, help="ranking folder (rerun to resume)")
-    p.add_argument("--score", default=GOLD["score"], choices=["similarity", "label", "max"],
+    p.add_argument("--score", default=SEARCH.score, choices=list(SCORES),
                    help="what a patch's removal costs: embedding change, true-class or top-class "
                         "log-probability")
-    p.add_argument("--step", type=positive_int, default=GOLD["step"], help="candidates dropped per round")
-    p.add_argument("--block", type=int, default=GOLD["block"], choices=[1, 2],
+    p.add_argument("--step", type=positive_int, default=SEARCH.step, help="candidates dropped per round")
+    p.add_argument("--block", type=int, default=SEARCH.block, choices=[1, 2],
                    help="1 = patches, 2 = 2x2 cells")
-    p.add_argument("--stop-at", type=one_ratio, default=None,
+    p.add_argument("--stop-at", type=one_ratio, default=SEARCH.stop_at,
                    help="keep ratio to stop the search at (default: the full order)")
-    p.add_argument("--mode", default=GOLD["mode"], choices=["greedy", "oneshot", "c2f"],
+    p.add_argument("--mode", default=SEARCH.mode, choices=list(MODES),
                    help="oneshot: one leave-one-out round (the project's golden); greedy: the "
                         "paper's elimination (--step 10); c2f: coarse-to-fine greedy")
     p.add_argument("--classnames", default=None,
@@ -33,7 +32,7 @@ def add_golden(p: argparse.ArgumentParser) -> None:
                         "dataset's names, e.g. for an unlabelled folder with --score max)")
     p.add_argument("--lazy", action="store_true", help="lazy re-scoring (greedy)")
     p.add_argument("--limit", type=positive_int, default=None, help="first N images only")
-    p.add_argument("--batch-budget-mb", type=float, default=DEFAULT_BUDGET_MB,
+    p.add_argument("--batch-budget-mb", type=float, default=SEARCH.batch_budget_mb,
                    help="memory for one batch of candidate variants")
 
 
@@ -42,7 +41,7 @@ def run_golden(a: argparse.Namespace) -> dict | None:
     from ..data.datasets import open_dataset
     from ..distributed import rank_world
     from ..errors import PatchRankError
-    from ..golden import rank_dataset, read_classnames_file
+    from ..golden_job import rank_dataset, read_classnames_file
 
     if a.dtype != "float32":
         raise PatchRankError(
@@ -84,25 +83,25 @@ def run_train_clip(a: argparse.Namespace) -> dict:
 # -- train-predictor ------------------------------------------------------------------------------
 def add_train_predictor(p: argparse.ArgumentParser) -> None:
     from ..predictor import LOSSES
-    from ..predictor_training import train_predictor as fn
+    from ..predictor_training import TRAINING
     p.add_argument("--rankings", required=True, help="ranking folder of `golden` (same model)")
     p.add_argument("--data", default=None, help="dataset spec of the rankings (default: the one "
                    "recorded in the ranking folder)")
     p.add_argument("--out", required=True, help="predictor file (.safetensors)")
-    p.add_argument("--loss", default=default_of(fn, "loss"), choices=list(LOSSES),
+    p.add_argument("--loss", default=TRAINING.loss, choices=list(LOSSES),
                    help="kl: the paper's keep-set loss; margin: pairwise; listwise: Plackett-Luce")
-    p.add_argument("--ratios", type=one_ratio, default=joined([default_of(fn, "keep_ratio")]),
+    p.add_argument("--ratios", type=one_ratio, default=joined([TRAINING.keep_ratio]),
                    help="the one keep ratio it is trained and measured at (the kl loss's kept set, "
                         "validation IoU, reported cost)")
     hidden_alias(p, "--keep-ratio", "--ratios")
-    p.add_argument("--epochs", type=positive_int, default=default_of(fn, "epochs"), help="epochs at most")
-    p.add_argument("--batch", type=positive_int, default=default_of(fn, "batch"), help="images per step")
-    p.add_argument("--lr", type=float, default=default_of(fn, "lr"), help="Adam learning rate")
-    p.add_argument("--wd", type=float, default=default_of(fn, "wd"), help="weight decay")
-    p.add_argument("--seed", type=int, default=default_of(fn, "seed"), help="init, split and shuffling")
-    p.add_argument("--val-fraction", type=float, default=default_of(fn, "val_fraction"),
+    p.add_argument("--epochs", type=positive_int, default=TRAINING.epochs, help="epochs at most")
+    p.add_argument("--batch", type=positive_int, default=TRAINING.batch, help="images per step")
+    p.add_argument("--lr", type=float, default=TRAINING.lr, help="Adam learning rate")
+    p.add_argument("--wd", type=float, default=TRAINING.wd, help="weight decay")
+    p.add_argument("--seed", type=int, default=TRAINING.seed, help="init, split and shuffling")
+    p.add_argument("--val-fraction", type=float, default=TRAINING.val_fraction,
                    help="share of the images held out for early stopping")
-    p.add_argument("--patience", type=non_negative_int, default=default_of(fn, "patience"),
+    p.add_argument("--patience", type=non_negative_int, default=TRAINING.patience,
                    help="early stopping after this many epochs without improvement (0 = off)")
 
 
@@ -134,41 +133,42 @@ def run_train_predictor(a: argparse.Namespace) -> dict:
 
 # -- tune-tokens ----------------------------------------------------------------------------------
 def add_tune_tokens(p: argparse.ArgumentParser) -> None:
-    from ..tokens import few_shot, train_tokens, tune_tokens
+    from ..token_training import TUNE
     p.add_argument("--ranker", required=True,
                    help="'predictor' (bundled), a predictor file, or a ranker name (attention, ...)")
     p.add_argument("--out", required=True, help="tokens file (.safetensors)")
-    p.add_argument("--visual", type=non_negative_int, default=default_of(tune_tokens, "num_visual"),
+    p.add_argument("--visual", type=non_negative_int, default=TUNE.num_visual,
                    help="visual tokens appended at the prune layer")
     p.add_argument("--deep", action="store_true", help="a fresh set at every later block (VPT-deep)")
-    p.add_argument("--text-ctx", type=non_negative_int, default=default_of(tune_tokens, "text_ctx"),
+    p.add_argument("--text-ctx", type=non_negative_int, default=TUNE.text_ctx,
                    help="learned text context vectors (CoOp; 0 = hand-written prompt)")
-    p.add_argument("--ctx-init", default=default_of(tune_tokens, "ctx_init"),
+    p.add_argument("--ctx-init", default=TUNE.ctx_init,
                    help="words that initialise the context ('template' = the template's prefix)")
-    p.add_argument("--init", default=default_of(tune_tokens, "init"), choices=["normal", "mean"],
+    p.add_argument("--init", default=TUNE.init, choices=["normal", "mean"],
                    help="visual token init")
-    p.add_argument("--ratios", type=ratio_list, default=joined(default_of(tune_tokens, "ratios")),
+    p.add_argument("--ratios", type=ratio_list, default=joined(TUNE.ratios),
                    help="keep ratios; one is drawn per step")
-    p.add_argument("--data", default=default_of(few_shot, "spec"), help="labelled dataset spec")
-    p.add_argument("--shots", type=positive_int, default=default_of(few_shot, "shots"),
+    p.add_argument("--data", default=TUNE.data, help="labelled dataset spec")
+    p.add_argument("--shots", type=positive_int, default=TUNE.shots,
                    help="images per class (the first ones)")
-    p.add_argument("--epochs", type=positive_int, default=default_of(train_tokens, "epochs"), help="epochs")
-    p.add_argument("--batch", type=positive_int, default=default_of(train_tokens, "batch"),
+    p.add_argument("--epochs", type=positive_int, default=TUNE.epochs, help="epochs")
+    p.add_argument("--batch", type=positive_int, default=TUNE.batch,
                    help="images per step")
-    p.add_argument("--lr", type=float, default=default_of(train_tokens, "lr"), help="learning rate")
-    p.add_argument("--wd", type=float, default=default_of(train_tokens, "weight_decay"), help="weight decay")
-    p.add_argument("--optimizer", default=default_of(train_tokens, "optimizer"), choices=["adamw", "sgd"],
+    p.add_argument("--lr", type=float, default=TUNE.lr, help="learning rate")
+    p.add_argument("--wd", type=float, default=TUNE.weight_decay, help="weight decay")
+    p.add_argument("--optimizer", default=TUNE.optimizer, choices=["adamw", "sgd"],
                    help="optimizer")
-    p.add_argument("--objective", default=default_of(train_tokens, "objective"), choices=["ce", "distill"],
+    p.add_argument("--objective", default=TUNE.objective, choices=["ce", "distill"],
                    help="ce: labels (few-shot, the paper); distill: match the unpruned model's "
                         "predictions (no labels needed; see patchrank/tokens.py)")
-    p.add_argument("--seed", type=int, default=default_of(tune_tokens, "seed"), help="init and shuffling")
+    p.add_argument("--seed", type=int, default=TUNE.seed, help="init and shuffling")
     p.add_argument("--eval", default=None, help="dataset spec to measure on ('none' to skip; "
                    "default bundled-eval for the bundled model, else none)")
 
 
 def run_tune_tokens(a: argparse.Namespace) -> dict:
-    from ..tokens import describe_ranker, few_shot, measure_on, tune_tokens
+    from ..token_job import describe_ranker, few_shot, measure_on
+    from ..token_training import tune_tokens
     m = load(a)
     checkpoint = Path(a.out).with_name(Path(a.out).name + ".ckpt")   # rerun after a kill: resumes
     r, source = resolve_ranker(a.ranker, m)
