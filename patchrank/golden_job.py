@@ -12,7 +12,7 @@ from typing import Sequence
 
 import torch
 
-from .data.datasets import _read_classnames
+from .data.datasets import read_classnames
 from .distributed import group, on_rank0, rank_world
 from .errors import PatchRankError
 from .golden import SEARCH, golden_ranking, golden_settings
@@ -97,7 +97,7 @@ def _totals(m, computed: int, gflops: float, seconds: float) -> tuple[int, float
 
 def read_classnames_file(path: str, current: Sequence[str] | None) -> tuple[str, ...]:
     """Class names from a file (one per line); as many as the dataset's classes when it has any."""
-    names = _read_classnames(Path(path))
+    names = read_classnames(Path(path))
     if names is None:
         raise PatchRankError(f"--classnames {path}: no such file")
     if current and len(names) != len(current):

@@ -136,7 +136,7 @@ class ImageFolder(Dataset):
             self._paths, names = flat, None
         else:
             raise PatchRankError(f"{root} holds no images and no class folders")
-        listed = _read_classnames(root / "classnames.txt")
+        listed = read_classnames(root / "classnames.txt")
         if listed is not None:
             if names is not None and len(listed) != len(names):
                 raise PatchRankError(f"{root / 'classnames.txt'} lists {len(listed)} names but "
@@ -161,7 +161,8 @@ def _images_in(folder: Path) -> list[Path]:
                   if p.is_file() and not p.name.startswith(".") and p.suffix.lower() in IMAGE_EXTENSIONS)
 
 
-def _read_classnames(path: Path) -> list[str] | None:
+def read_classnames(path: Path) -> list[str] | None:
+    """Class names from a ``classnames.txt`` (one per line; None if there is no such file)."""
     if not path.is_file():
         return None
     try:
