@@ -8,7 +8,7 @@ warm-up then cosine to a floor, and FLIP-style patch dropout (Li et al. 2023, "S
 Language-Image Pre-training via Masking": drop a random half of the patch tokens while training,
 ~2x cheaper steps for nearly the same accuracy per sample) with an unmasked tail, then a
 short second cycle that drops a random 0-90 % per step, so the model also decides from the few
-dozen tokens that pruning at low keep ratios leaves it (each cycle: ``schedule``, ``patch_dropout``).
+dozen tokens that pruning at low keep ratios leaves it (each cycle: ``train_schedule``).
 Precision: float32 throughout: bf16 working weights pay off only on CPUs with AMX or
 avx512_bf16, and on the AVX2-only machines this project trains on bf16 matmuls are far slower
 than fp32 ones (README).
@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import time
@@ -34,6 +33,7 @@ import torch.nn.functional as F
 from .data import scenes as S
 from .errors import PatchRankError
 from .progress import bar as progress_bar
+from .train_schedule import lr_at, patch_dropout, resumable, schedule, total_steps
 from .files import atomic_path
 
 CONFIG_PATH = Path(__file__).parent / "configs" / "bundled_clip.json"
@@ -108,81 +108,6 @@ def used_token_ids(tokenizer) -> torch.Tensor:
     return torch.unique(tokenizer(prompts))
 
 
-_CYCLE_KEYS = ("steps", "lr", "warmup", "patch_dropout", "unmasked_tail")
-
-
-def schedule(cfg: dict) -> list[dict]:
-    """The training cycles of a train config, oldest format included.
-
-    A config either names one cycle at its top level (``steps``, ``lr``, ``warmup``, optional
-    ``patch_dropout``, ``unmasked_tail``) or a list ``cycles`` of them. Each cycle warms up
-    linearly to its peak and decays by a cosine to ``lr_floor`` (SGDR-style warm restarts,
-    Loshchilov & Hutter 2017) and drops patches its own way. Appending a cycle leaves every
-    earlier step unchanged, so a finished run's checkpoint resumes into the longer schedule
-    exactly where a fresh run of it would be."""
-    if "cycles" in cfg:
-        stray = [k for k in ("patch_dropout", "unmasked_tail") if k in cfg]
-        if stray:
-            raise ValueError(f"with 'cycles', set {stray} inside each cycle, not at the top level")
-        given = cfg["cycles"]
-    else:
-        given = [{k: cfg[k] for k in _CYCLE_KEYS if k in cfg}]
-    cycles = [{"patch_dropout": 0.0, "unmasked_tail": 0, **c} for c in given]
-    for c in cycles:
-        missing = [k for k in ("steps", "lr", "warmup") if k not in c]
-        if missing:
-            raise ValueError(f"a training cycle needs {missing}")
-        if not 0 <= c["unmasked_tail"] <= c["steps"] or c["steps"] < 1:
-            raise ValueError(f"a cycle needs steps >= 1 and 0 <= unmasked_tail <= steps, got {c}")
-        rate = c["patch_dropout"]
-        lo, hi = rate if isinstance(rate, (list, tuple)) else (rate, rate)
-        if not 0 <= lo <= hi < 1:
-            raise ValueError(f"patch_dropout must be a rate or a [lo, hi] range in [0, 1), got {rate}")
-    return cycles
-
-
-def _cycle_at(step: int, cfg: dict) -> tuple[dict | None, int]:
-    """The cycle that ``step`` falls in and the step's index inside it (None past the end)."""
-    for c in schedule(cfg):
-        if step < c["steps"]:
-            return c, step
-        step -= c["steps"]
-    return None, step
-
-
-def total_steps(cfg: dict) -> int:
-    return sum(c["steps"] for c in schedule(cfg))
-
-
-def _lr(step: int, cfg: dict) -> float:
-    floor = cfg["lr_floor"]
-    c, step = _cycle_at(step, cfg)
-    if c is None:
-        return floor
-    warm, total, peak = c["warmup"], c["steps"], c["lr"]
-    if step < warm:
-        return peak * (step + 1) / warm
-    t = (step - warm) / max(1, total - warm)
-    return floor + 0.5 * (peak - floor) * (1 + math.cos(math.pi * min(t, 1.0)))
-
-
-def resumable(saved: dict, cfg: dict, step: int) -> bool:
-    """Whether a checkpoint at ``step`` made with ``saved`` settings continues under ``cfg``:
-    every setting outside the cycles equal, and every cycle that had begun by ``step`` identical
-    (so learning rate and patch dropout agree for all finished steps; later cycles may change)."""
-    rest = lambda d: {k: v for k, v in d.items() if k not in ("cycles",) + _CYCLE_KEYS}
-    if rest(saved) != rest(cfg):
-        return False
-    done, new = 0, schedule(cfg)
-    for i, c in enumerate(schedule(saved)):
-        if done >= step:
-            break
-        if i >= len(new) or new[i] != c:
-            return False
-        done += c["steps"]
-    return True
-
-
 def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
                      pos: torch.Tensor) -> torch.Tensor:
     """Symmetric CLIP loss (Radford et al. 2021) with soft multi-positive targets.
@@ -198,33 +123,17 @@ def contrastive_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor,
                   + torch.sum(-t2i * logits.T.log_softmax(1), 1).mean())
 
 
-def patch_dropout(step: int, cfg: dict) -> float:
-    """Fraction of patch tokens dropped at ``step``, from the step's cycle: ``patch_dropout``
-    (a number, or ``[lo, hi]`` for a rate drawn uniformly per step, seeded by (seed, step)) until
-    the cycle's last ``unmasked_tail`` steps, then 0 (FLIP's unmasked tuning closes the train/test
-    gap). A range up to 0.9 teaches the model to decide from a few dozen tokens, which is what a
-    pruned forward at low keep ratios gives it."""
-    c, i = _cycle_at(step, cfg)
-    if c is None or not c["patch_dropout"] or i >= c["steps"] - c["unmasked_tail"]:
-        return 0.0
-    rate = c["patch_dropout"]
-    if isinstance(rate, (list, tuple)):
-        lo, hi = rate
-        return float(np.random.default_rng([cfg["seed"], step]).uniform(lo, hi))
-    return float(rate)
-
-
 @torch.inference_mode()
 def zero_shot_accuracy(model, tokenizer, images: np.ndarray, labels: np.ndarray,
                        batch: int = 200) -> float:
-    text = model.encode_text(tokenizer([S.ZERO_SHOT_TEMPLATE.format(c) for c in S.CLASSNAMES]))
-    dtype = next(model.parameters()).dtype
+    p = next(model.parameters())
+    text = model.encode_text(tokenizer([S.ZERO_SHOT_TEMPLATE.format(c) for c in S.CLASSNAMES]).to(p.device))
     text = F.normalize(text.float(), dim=-1)
     correct = 0
     for i in range(0, len(images), batch):
-        x = images_to_tensor(images[i:i + batch]).to(dtype)
+        x = images_to_tensor(images[i:i + batch]).to(device=p.device, dtype=p.dtype)
         emb = F.normalize(model.encode_image(x).float(), dim=-1)
-        correct += int(((emb @ text.T).argmax(1).numpy() == labels[i:i + batch]).sum())
+        correct += int(((emb @ text.T).argmax(1).cpu().numpy() == labels[i:i + batch]).sum())
     return correct / len(images)
 
 
@@ -233,11 +142,15 @@ class RunSettings:
     """How ``train`` runs besides the config's model and schedule, with each default defined
     once: evaluation every ``eval_every`` steps on ``eval_n`` test scenes, a checkpoint every
     ``ckpt_every`` steps, ``threads`` torch CPU threads (None: leave torch's setting; the CLI
-    sets ``--threads`` once)."""
+    sets ``--threads`` once), on ``device`` (float32 there too; every random draw is still made
+    on the CPU, so a GPU run draws what a CPU run does and differs only in rounding), with
+    ``workers`` processes rendering scenes (one keeps up with a CPU; a GPU wants several)."""
     eval_every: int = 300
     ckpt_every: int = 100
     eval_n: int = 600
     threads: int | None = 2
+    device: str = "cpu"
+    workers: int = 1
 
 
 RUN = RunSettings()
@@ -264,11 +177,12 @@ class _Run:
 def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None = None,
           threads: int | None = RUN.threads, eval_every: int = RUN.eval_every,
           ckpt_every: int = RUN.ckpt_every, eval_n: int = RUN.eval_n,
-          config_path: str | os.PathLike = CONFIG_PATH, progress: bool = True) -> dict:
+          config_path: str | os.PathLike = CONFIG_PATH, progress: bool = True,
+          device: str = RUN.device, workers: int = RUN.workers) -> dict:
     """Train (or resume) the bundled CLIP into ``out_dir``; returns the final log entry."""
     if threads:
         torch.set_num_threads(threads)
-    run = _build(_train_config(config_path, seed), Path(out_dir))
+    run = _build(_train_config(config_path, seed), Path(out_dir), torch.device(device))
     _resume(run)
     table = {c: run.remap[t] for c, t in zip(all_captions(), run.tokenizer(all_captions()))}
     test = S.SceneGenerator("test", seed=1).batch(range(eval_n))
@@ -280,7 +194,7 @@ def train(out_dir: str | os.PathLike, steps: int | None = None, seed: int | None
         print(f"{run.ckpt_path} is already at step {run.start}", file=sys.stderr)
         return run.log[-1] if run.log else {}
     data = _Batches(tcfg["seed"], tcfg["batch"], end, run.start, table)
-    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=1, prefetch_factor=4,
+    loader = torch.utils.data.DataLoader(data, batch_size=None, num_workers=workers, prefetch_factor=4,
                                          persistent_workers=False)
     bar = progress_bar(end, "train-clip", initial=run.start, enabled=progress)
     t0 = time.time()
@@ -313,7 +227,7 @@ def _train_config(config_path: str | os.PathLike, seed: int | None) -> tuple[dic
     return cfg, tcfg
 
 
-def _build(configs: tuple[dict, dict], out: Path) -> _Run:
+def _build(configs: tuple[dict, dict], out: Path, device: torch.device) -> _Run:
     """The tokenizer, the compact vocabulary (``used_token_ids``), the model seeded by the
     config's seed and AdamW (no weight decay on gains, biases and the logit scale)."""
     import open_clip
@@ -327,13 +241,13 @@ def _build(configs: tuple[dict, dict], out: Path) -> _Run:
     compact_cfg = copy.deepcopy(cfg["model_cfg"])
     compact_cfg["text_cfg"]["vocab_size"] = len(used)
     torch.manual_seed(tcfg["seed"])
-    master = build_clip(compact_cfg)
+    master = build_clip(compact_cfg).to(device)      # initialised on the CPU, then moved
     decays = lambda n, p: p.ndim >= 2 and "logit_scale" not in n  # noqa: E731
     decay = [p for n, p in master.named_parameters() if decays(n, p)]
     no_decay = [p for n, p in master.named_parameters() if not decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg["weight_decay"]},
                              {"params": no_decay, "weight_decay": 0.0}],
-                            lr=_lr(0, tcfg), betas=(0.9, 0.98), eps=1e-6)
+                            lr=lr_at(0, tcfg), betas=(0.9, 0.98), eps=1e-6)
     return _Run(cfg, tcfg, compact_cfg, tokenizer, used, remap, master, opt, out / "ckpt.pt")
 
 
@@ -341,7 +255,7 @@ def _resume(run: _Run) -> None:
     """Continue from the run folder's checkpoint if there is one made with these settings."""
     if not run.ckpt_path.exists():
         return
-    state = torch.load(run.ckpt_path, weights_only=True)
+    state = torch.load(run.ckpt_path, weights_only=True, map_location="cpu")
     if not resumable(state["train_cfg"], run.tcfg, state["step"]) or state["model_cfg"] != run.compact_cfg:
         raise PatchRankError(f"{run.ckpt_path} was made with other settings ({state['train_cfg']}); "
                              "use another --out or delete it")
@@ -357,17 +271,18 @@ def _step(run: _Run, step: int, x: torch.Tensor, tokens: torch.Tensor, pos: torc
     uninterrupted one does."""
     from open_clip.transformer import PatchDropout
     tcfg, model = run.tcfg, run.master
-    lr = _lr(step, tcfg)
+    lr = lr_at(step, tcfg)
     for g in run.opt.param_groups:
         g["lr"] = lr
     drop = patch_dropout(step, tcfg)
     model.visual.patch_dropout = PatchDropout(drop) if drop > 0 else torch.nn.Identity()
     torch.manual_seed(tcfg["seed"] * 1_000_003 + step)
     model.train()
-    img = model.encode_image(images_to_tensor(x.numpy()))
-    txt = model.encode_text(tokens)
+    device = model.logit_scale.device
+    img = model.encode_image(images_to_tensor(x.numpy()).to(device))
+    txt = model.encode_text(tokens.to(device))
     scale = model.logit_scale.float().exp().clamp(max=100)
-    loss = contrastive_loss(img, txt, scale, pos)
+    loss = contrastive_loss(img, txt, scale, pos.to(device))
     run.opt.zero_grad(set_to_none=True)
     loss.backward()
     torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg["grad_clip"])
@@ -390,7 +305,8 @@ def _evaluate(run: _Run, done: int, lr: float, test_x: np.ndarray, test_y: np.nd
 
 def _save_checkpoint(run: _Run, done: int, elapsed: float) -> None:
     """Everything a resumed run needs, replaced atomically."""
-    state = {"model": run.master.state_dict(), "opt": run.opt.state_dict(), "step": done,
+    state = {"model": {k: v.cpu() for k, v in run.master.state_dict().items()},
+             "opt": run.opt.state_dict(), "step": done,
              "train_cfg": run.tcfg, "model_cfg": run.compact_cfg, "log": json.dumps(run.log),
              "used_token_ids": run.used, "full_model_cfg": json.dumps(run.cfg["model_cfg"]),
              "elapsed": elapsed}

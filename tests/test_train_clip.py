@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from patchrank import train_clip as T
+from patchrank import train_schedule as TS
 from patchrank.errors import PatchRankError
 from tests.test_scenes import needs_fmnist
 
@@ -17,23 +18,23 @@ MASKED = dict(TWO, cycles=[dict(TWO["cycles"][0], patch_dropout=0.5, unmasked_ta
 
 
 def test_schedule_warms_up_decays_and_restarts():
-    lrs = [T._lr(s, TWO) for s in range(8)]
-    assert lrs[:4] == [T._lr(s, ONE) for s in range(4)]          # first cycle = the one-cycle config
+    lrs = [TS.lr_at(s, TWO) for s in range(8)]
+    assert lrs[:4] == [TS.lr_at(s, ONE) for s in range(4)]          # first cycle = the one-cycle config
     assert lrs[0] == pytest.approx(5e-4) and lrs[1] == pytest.approx(1e-3)
     assert lrs[3] < lrs[2] == lrs[1]                          # cosine after warm-up
     assert lrs[4] == pytest.approx(5e-4)                         # warm restart to the second peak
     assert 1e-5 < lrs[6] < lrs[5] == pytest.approx(5e-4)
     assert lrs[7] == pytest.approx(1e-5)                         # past the schedule: the floor
-    assert T.total_steps(TWO) == 7
+    assert TS.total_steps(TWO) == 7
 
 
 def test_resumable_only_when_the_past_schedule_is_unchanged():
-    assert T.resumable(ONE, TWO, 4)                  # finished one-cycle run continues into two
-    assert T.resumable(ONE, TWO, 2)
+    assert TS.resumable(ONE, TWO, 4)                  # finished one-cycle run continues into two
+    assert TS.resumable(ONE, TWO, 2)
     shorter = dict(TWO, cycles=[{"steps": 5, "lr": 1e-3, "warmup": 2}])
-    assert not T.resumable(ONE, shorter, 2)          # the cosine of a running cycle would change
-    assert not T.resumable(ONE, dict(TWO, batch=16), 4)
-    assert not T.resumable(ONE, dict(TWO, seed=1), 4)
+    assert not TS.resumable(ONE, shorter, 2)          # the cosine of a running cycle would change
+    assert not TS.resumable(ONE, dict(TWO, batch=16), 4)
+    assert not TS.resumable(ONE, dict(TWO, seed=1), 4)
 
 
 @needs_fmnist
@@ -62,25 +63,25 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
 
 def test_patch_dropout_per_cycle_until_its_unmasked_tail():
-    rates = [T.patch_dropout(s, MASKED) for s in range(8)]
+    rates = [TS.patch_dropout(s, MASKED) for s in range(8)]
     assert rates[:4] == [0.5, 0.5, 0.5, 0.0]                      # cycle 1: fixed rate, then its tail
     assert rates[6:] == [0.0, 0.0]                                # cycle 2's tail; past the end
     assert 0.5 <= rates[4] < 0.9 and 0.5 <= rates[5] < 0.9 and rates[4] != rates[5]   # drawn per step
-    assert rates == [T.patch_dropout(s, MASKED) for s in range(8)]   # ...seeded by (seed, step)
-    assert rates[4:6] != [T.patch_dropout(s, dict(MASKED, seed=1)) for s in (4, 5)]
-    assert [T.patch_dropout(s, TWO) for s in range(7)] == [0.0] * 7
+    assert rates == [TS.patch_dropout(s, MASKED) for s in range(8)]   # ...seeded by (seed, step)
+    assert rates[4:6] != [TS.patch_dropout(s, dict(MASKED, seed=1)) for s in (4, 5)]
+    assert [TS.patch_dropout(s, TWO) for s in range(7)] == [0.0] * 7
     one = dict(ONE, patch_dropout=0.25, unmasked_tail=1)          # the one-cycle (top-level) format
-    assert [T.patch_dropout(s, one) for s in range(5)] == [0.25] * 3 + [0.0] * 2
+    assert [TS.patch_dropout(s, one) for s in range(5)] == [0.25] * 3 + [0.0] * 2
     with pytest.raises(ValueError, match="inside each cycle"):
-        T.schedule(dict(TWO, patch_dropout=0.5))                   # would be silently ignored
+        TS.schedule(dict(TWO, patch_dropout=0.5))                   # would be silently ignored
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
-        T.schedule(dict(ONE, patch_dropout=[0.5, 1.0]))            # nothing left to encode
+        TS.schedule(dict(ONE, patch_dropout=[0.5, 1.0]))            # nothing left to encode
     with pytest.raises(ValueError, match=r"in \[0, 1\)"):
-        T.schedule(dict(ONE, patch_dropout=[0.6, 0.5]))
+        TS.schedule(dict(ONE, patch_dropout=[0.6, 0.5]))
     with pytest.raises(ValueError, match=r"needs \['lr'\]"):
-        T.schedule(dict(TWO, cycles=[{"steps": 4, "warmup": 2}]))   # would fail mid-run
+        TS.schedule(dict(TWO, cycles=[{"steps": 4, "warmup": 2}]))   # would fail mid-run
     with pytest.raises(ValueError, match="unmasked_tail <= steps"):
-        T.schedule(dict(ONE, unmasked_tail=5))
+        TS.schedule(dict(ONE, unmasked_tail=5))
 
 
 def test_a_bad_schedule_stops_the_run_before_it_starts(tmp_path):
@@ -96,10 +97,10 @@ def test_resuming_must_not_change_a_cycle_that_has_begun():
     one = dict(ONE, patch_dropout=0.5, unmasked_tail=2)
     longer = dict(TWO, cycles=[dict(TWO["cycles"][0], patch_dropout=0.5, unmasked_tail=2),
                                dict(TWO["cycles"][1], patch_dropout=[0.5, 0.9])])
-    assert T.resumable(one, longer, 4)     # the finished one-cycle run goes on into a new cycle
+    assert TS.resumable(one, longer, 4)     # the finished one-cycle run goes on into a new cycle
     moved = dict(longer, cycles=[dict(longer["cycles"][0], unmasked_tail=1), longer["cycles"][1]])
-    assert not T.resumable(one, moved, 2)  # its tail moved under a cycle already running
-    assert not T.resumable(ONE, longer, 2)  # patch dropout itself changed
+    assert not TS.resumable(one, moved, 2)  # its tail moved under a cycle already running
+    assert not TS.resumable(ONE, longer, 2)  # patch dropout itself changed
 
 
 @needs_fmnist
