@@ -114,6 +114,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="scene-rendering worker processes")
     ap.add_argument("--out", default="benchmarks/results/cycle2_choice.json")
     a = ap.parse_args()
+    if a.device.startswith("cuda"):      # float32 as on a CPU: no TF32 matmuls or convolutions
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.backends.cudnn.allow_tf32 = False
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     cycle1 = Path(a.cycle1) if a.cycle1 else work / "cycle1"
