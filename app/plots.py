@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import plotly.graph_objects as go
 
-# Colours and names are the engine's (``patchrank.figures``), so the app and the README agree.
-from patchrank.figures import colour, display_name  # noqa: E402
+# Colours and names are the engine's one style table, so the app and the README agree.
+from patchrank.styles import colour, display_name  # noqa: E402
 
 
 def _layout(fig: go.Figure, title: str, x: str, y: str) -> go.Figure:

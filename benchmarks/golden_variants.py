@@ -44,7 +44,7 @@ import patchrank as pr  # noqa: E402
 from patchrank import metrics, store  # noqa: E402
 from patchrank.data.datasets import open_dataset  # noqa: E402
 from patchrank.golden import golden_ranking, golden_settings  # noqa: E402
-from patchrank.sweep import wilson_interval  # noqa: E402
+from patchrank.stats import wilson_interval  # noqa: E402
 
 STOP = 0.4
 RATIOS = (0.6, 0.4)

@@ -1,45 +1,24 @@
 """Trade-off figures from sweep results: interactive plotly for the app, static PNG for the README.
 
-Input is the results JSON written by ``patchrank.sweep`` (format ``patchrank-sweep/1``, described
-in that module's docstring): ``{"format", "meta": {...}, "rows": [{method, ratio, kept, accuracy,
-ci_low, ci_high, gflops, latency_ms_b1, latency_ms_bN, ...}]}``. ``load_results`` reads and
-checks one file (a bare list of rows is accepted too), ``load_results_dir`` every ``*.json`` of a
-folder such as ``assets/results``.
-
-Figures: one line per method through its keep ratios, accuracy (%) with the Wilson 95% interval
-as error bars, against GFLOPs or measured latency; hovering a point shows every number of its
-row. The PNG is drawn with matplotlib's object API on an Agg canvas (no pyplot, so no global
-backend switch and no figure left open).
+Input is a results file of ``patchrank.sweep`` (schema and reader: ``patchrank.results``); names,
+colours and markers come from ``patchrank.styles``, so the figures, the README tables and the app
+agree. Figures: one line per method through its keep ratios, accuracy (%) with the Wilson 95%
+interval as error bars, against GFLOPs or measured latency; hovering a point shows every number
+of its row. The PNG is drawn with matplotlib's object API on an Agg canvas (no pyplot, so no
+global backend switch and no figure left open).
 """
 from __future__ import annotations
 
-import json
-import math
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from .errors import PatchRankError
-from .files import atomic_path
+from .files import atomic_path, write_text
+# The one reader is ``patchrank.results``; the app's trade-off tab still reaches it through here.
+from .results import SweepResults, as_results, load_results, load_results_dir, parse_results  # noqa: F401
+from .styles import colour, display_name, marker
 
-FORMAT = "patchrank-sweep/1"   # == sweep.FORMAT (kept here so reading results needs no torch)
-REQUIRED = ("method", "ratio", "accuracy", "gflops")
-NUMERIC = ("ratio", "kept", "accuracy", "ci_low", "ci_high", "gflops", "encoder_gflops",
-           "ranker_gflops", "gflops_ratio", "latency_ms", "latency_ms_b1", "latency_ms_b1_min",
-           "latency_ms_bN", "latency_ms_bN_min", "ms_per_image_bN", "speedup_b1", "speedup_bN")
-
-#: One colour per method (the app uses the same ones).
-COLOURS = {"golden": "#d62728", "predictor": "#1f77b4", "predictor+tokens": "#17becf",
-           "attention": "#2ca02c", "norm": "#9467bd", "random": "#7f7f7f", "tome": "#ff7f0e",
-           "attention+fuse": "#bcbd22", "norm-low": "#e377c2", "full": "#111111"}
-NAMES = {"golden": "golden (one-shot leave-one-out)", "predictor": "predictor",
-         "predictor+tokens": "predictor + tokens", "attention": "CLS attention",
-         "norm": "token norm (high first)", "norm-low": "token norm (low first)",
-         "random": "random", "tome": "ToMe merging",
-         "attention+fuse": "EViT (attention + fuse)", "full": "full model"}
-MARKERS = {"golden": "*", "predictor": "o", "predictor+tokens": "D", "attention": "s",
-           "norm": "v", "norm-low": "1", "random": "x", "tome": "^", "attention+fuse": "P"}
 AXES = {"gflops": "GFLOPs per image, encoder + ranker (1 MAC = 2 FLOPs)",
         "latency_ms_b1": "latency at batch 1 (ms, median)",
         "latency_ms_bN": "latency at batch N (ms per batch, median)",
@@ -51,103 +30,6 @@ def grid_table(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     lines = ["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(map(str, row)) + " |" for row in rows]
     return "\n".join(lines)
-
-
-def colour(method: str) -> str:
-    return COLOURS.get(method, "#8c564b")
-
-
-def display_name(method: str) -> str:
-    return NAMES.get(method, method)
-
-
-@dataclass
-class SweepResults:
-    """Rows and meta of one sweep. ``accuracy``/``ci_*`` are fractions in [0, 1]."""
-    meta: dict
-    rows: list[dict]
-    path: str | None = None
-    problems: list[str] = field(default_factory=list)
-
-    def methods(self) -> list[str]:
-        """Methods in the sweep's order (meta), then any others in row order."""
-        out = [m for m in self.meta.get("methods", []) if any(r["method"] == m for r in self.rows)]
-        for r in self.rows:
-            if r["method"] not in out:
-                out.append(r["method"])
-        return out
-
-    def series(self, method: str) -> list[dict]:
-        """Rows of ``method``, highest keep ratio first."""
-        return sorted((r for r in self.rows if r["method"] == method), key=lambda r: -r["ratio"])
-
-    @property
-    def batch_n(self) -> int | None:
-        return next((r.get("batch_N") for r in self.rows if r.get("batch_N")), None)
-
-
-def _check_row(row, where: str) -> dict:
-    if not isinstance(row, dict):
-        raise PatchRankError(f"{where}: a row must be an object, got {type(row).__name__}")
-    missing = [k for k in REQUIRED if k not in row]
-    if missing:
-        raise PatchRankError(f"{where}: row lacks {', '.join(missing)}")
-    out = dict(row)
-    out["method"] = str(row["method"])
-    for k in NUMERIC:
-        v = row.get(k)
-        if v is None:
-            continue
-        try:
-            v = float(v)
-        except (TypeError, ValueError):
-            raise PatchRankError(f"{where}: {k} must be a number, got {row[k]!r}") from None
-        if not math.isfinite(v):
-            raise PatchRankError(f"{where}: {k} is not finite")
-        out[k] = v
-    if not 0.0 <= out["accuracy"] <= 1.0:
-        raise PatchRankError(f"{where}: accuracy must be a fraction in [0, 1], got {out['accuracy']}")
-    return out
-
-
-def parse_results(data, source: str = "results") -> SweepResults:
-    """Check a loaded results object (the sweep's dict, or a bare list of rows)."""
-    if isinstance(data, list):
-        meta, rows = {}, data
-    elif isinstance(data, dict):
-        fmt = data.get("format")
-        if fmt is not None and fmt != FORMAT:
-            raise PatchRankError(f"{source}: format {fmt!r} is not {FORMAT!r}")
-        meta, rows = data.get("meta") or {}, data.get("rows")
-        if not isinstance(rows, list):
-            raise PatchRankError(f"{source}: expected a 'rows' list")
-    else:
-        raise PatchRankError(f"{source}: expected an object with 'meta' and 'rows'")
-    return SweepResults(meta, [_check_row(r, f"{source}, row {i}") for i, r in enumerate(rows)], source)
-
-
-def load_results(path: str | os.PathLike) -> SweepResults:
-    """Read one results JSON (``sweep`` format); errors name the file and the bad row."""
-    path = Path(path)
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise PatchRankError(f"cannot read results {path}: {e}") from None
-    res = parse_results(data, str(path))
-    res.path = str(path)
-    return res
-
-
-def load_results_dir(folder: str | os.PathLike) -> tuple[list[SweepResults], list[str]]:
-    """(every readable ``*.json`` results file of ``folder``, sorted by name; one message per
-    file that could not be read)."""
-    found, problems = [], []
-    for p in sorted(Path(folder).glob("*.json")):
-        try:
-            found.append(load_results(p))
-        except PatchRankError as e:
-            problems.append(str(e))
-    return found, problems
 
 
 def _pct(v):
@@ -198,8 +80,8 @@ def series_xy(meth: str, pts: list[dict], x: str) -> tuple[list[float], str]:
 
 def off_scale(res: SweepResults, floor: float = 0.10, factor: float = 3.0) -> dict[str, float]:
     """Methods whose accuracy falls so far below the others' that one shared axis squashes the
-    comparison (token norm, high first, at 28 % against six methods within 10 points): method ->
-    its lowest accuracy. A method is off scale when its worst drop from the unpruned accuracy
+    comparison (a ranker that keeps the wrong patches, against several close to the unpruned
+    model): method -> its lowest accuracy. A method is off scale when its worst drop from the unpruned accuracy
     exceeds both ``floor`` and ``factor`` times the median worst drop of all methods."""
     top = (res.meta.get("full") or {}).get("accuracy")
     top = max((r["accuracy"] for r in res.rows), default=0.0) if top is None else top
@@ -233,7 +115,7 @@ def tradeoff_figure(results: SweepResults | dict | str | os.PathLike, x: str = "
     """Plotly figure: accuracy (%) vs ``x`` ("gflops", "latency_ms_b1", "latency_ms_bN",
     "ms_per_image_bN"), one line per method, Wilson 95% error bars, full hover details."""
     import plotly.graph_objects as go
-    res = _coerce(results)
+    res = as_results(results)
     fig = go.Figure()
     for meth in res.methods():
         pts = [r for r in res.series(meth) if r.get(x) is not None]
@@ -266,7 +148,7 @@ def tradeoff_figure(results: SweepResults | dict | str | os.PathLike, x: str = "
 
 def tradeoff_figures(results) -> tuple:
     """(accuracy-vs-GFLOPs, accuracy-vs-latency) plotly figures; latency at batch 1."""
-    res = _coerce(results)
+    res = as_results(results)
     return tradeoff_figure(res, "gflops"), tradeoff_figure(res, "latency_ms_b1")
 
 
@@ -276,7 +158,7 @@ def save_png(results, path: str | os.PathLike, xs: Sequence[str] = ("gflops", "l
     Panels whose x has no values (latency not measured) are left out."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
-    res = _coerce(results)
+    res = as_results(results)
     xs = [x for x in xs if any(r.get(x) is not None for r in res.rows)]
     if not xs:
         raise PatchRankError("nothing to plot: the results have no rows with these x values")
@@ -295,7 +177,7 @@ def save_png(results, path: str | os.PathLike, xs: Sequence[str] = ("gflops", "l
                 yerr = [[100 * (r["accuracy"] - r["ci_low"]) for r in pts],
                         [100 * (r["ci_high"] - r["accuracy"]) for r in pts]]
             ax.errorbar(xv, yv, yerr=yerr, label=name, color=colour(meth),
-                        marker=MARKERS.get(meth, "o"), markersize=4, linewidth=1.4, capsize=2,
+                        marker=marker(meth), markersize=4, linewidth=1.4, capsize=2,
                         elinewidth=0.7, linestyle=":" if pts[0].get("precomputed") else "-")
         if full is not None:
             ax.axhline(100 * full, color="#888", linestyle="--", linewidth=0.8)
@@ -317,12 +199,9 @@ def markdown_table(results, ratios: Sequence[float] | None = None,
     """README tables: accuracy % [95% CI] per method (rows) and keep ratio (columns), with the
     batch-1 speedup of the predictor if measured; then the GFLOPs per image of each cell, encoder
     + ranker (equal cost means all cost), and the encoder alone in its last row."""
-    res = _coerce(results)
+    res = as_results(results)
     ratios = sorted({r["ratio"] for r in res.rows}, reverse=True) if ratios is None else list(ratios)
     methods = res.methods() if methods is None else list(methods)
-
-    def row_of(meth, ratio):
-        return next((r for r in res.rows if r["method"] == meth and abs(r["ratio"] - ratio) < 1e-9), None)
 
     def accuracy(r):
         ci = (f" [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
@@ -331,7 +210,7 @@ def markdown_table(results, ratios: Sequence[float] | None = None,
 
     def table(fmt):
         return [f"| {display_name(meth)} | " + " | ".join(
-            "—" if (r := row_of(meth, q)) is None else fmt(r) for q in ratios) + " |" for meth in methods]
+            "—" if (r := res.row(meth, q)) is None else fmt(r) for q in ratios) + " |" for meth in methods]
 
     head = ["| method | " + " | ".join(f"keep {r:g}" for r in ratios) + " |", "|---|" + "---|" * len(ratios)]
     lines = head + table(accuracy)
@@ -349,34 +228,9 @@ def markdown_table(results, ratios: Sequence[float] | None = None,
     return "\n".join(lines)
 
 
-def _coerce(results) -> SweepResults:
-    if isinstance(results, SweepResults):
-        return results
-    if isinstance(results, (str, os.PathLike)):
-        return load_results(results)
-    return parse_results(results)
-
-
 def save_html(results: dict, path: str | os.PathLike) -> Path:
     """Both trade-off figures (accuracy vs GFLOPs, vs latency) as one HTML page; plotly.js is
     loaded from its CDN, so the page stays small."""
     g, lat = tradeoff_figures(results)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w") as f:
-        f.write(g.to_html(full_html=True, include_plotlyjs="cdn"))
-        f.write(lat.to_html(full_html=False, include_plotlyjs=False))
-    return path
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m patchrank.figures RESULTS.json [--png F] [--html F]``: the same as
-    ``patchrank figures`` (kept for the commands earlier READMEs showed)."""
-    import sys
-
-    from .cli import main as cli_main
-    return cli_main(["figures", *(sys.argv[1:] if argv is None else argv)])
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
+    return write_text(path, g.to_html(full_html=True, include_plotlyjs="cdn")
+                      + lat.to_html(full_html=False, include_plotlyjs=False))

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from patchrank import figures
+from patchrank import cli, figures, results, styles
 from patchrank.errors import PatchRankError
 
 
@@ -23,35 +23,30 @@ def fake_results(latency=True):
                          "speedup_b1": 0.4 / gf if latency else None, "precomputed": meth == "golden"})
     meta = {"model": "bundled", "data": "bundled-eval", "n_images": 100,
             "methods": ["golden", "predictor", "random"], "full": {"accuracy": 0.8, "gflops": 0.4}}
-    return {"format": figures.FORMAT, "meta": meta, "rows": rows}
-
-
-def test_format_matches_sweep():
-    from patchrank import sweep
-    assert figures.FORMAT == sweep.FORMAT
+    return {"format": results.FORMAT, "meta": meta, "rows": rows}
 
 
 def test_load_results_and_errors(tmp_path):
     p = tmp_path / "r.json"
     p.write_text(json.dumps(fake_results()))
-    res = figures.load_results(p)
+    res = results.load_results(p)
     assert res.methods() == ["golden", "predictor", "random"] and res.batch_n == 32
     assert [r["ratio"] for r in res.series("random")] == [1.0, 0.6, 0.3]
     bare = tmp_path / "bare.json"
     bare.write_text(json.dumps(fake_results()["rows"]))
-    assert len(figures.load_results(bare).rows) == 9
+    assert len(results.load_results(bare).rows) == 9
     bad = fake_results()
     del bad["rows"][4]["gflops"]
     (tmp_path / "bad.json").write_text(json.dumps(bad))
     with pytest.raises(PatchRankError, match=r"bad.json, row 4: row lacks gflops"):
-        figures.load_results(tmp_path / "bad.json")
+        results.load_results(tmp_path / "bad.json")
     pct = fake_results()
     pct["rows"][0]["accuracy"] = 80.0
     (tmp_path / "pct.json").write_text(json.dumps(pct))
     with pytest.raises(PatchRankError, match="fraction"):
-        figures.load_results(tmp_path / "pct.json")
+        results.load_results(tmp_path / "pct.json")
     (tmp_path / "junk.json").write_text("{")
-    found, problems = figures.load_results_dir(tmp_path)
+    found, problems = results.load_results_dir(tmp_path)
     assert [f.path.rsplit("/", 1)[1] for f in found] == ["bare.json", "r.json"]
     assert len(problems) == 3 and any("junk.json" in s for s in problems)
 
@@ -94,12 +89,12 @@ def test_png_and_markdown(tmp_path):
 def test_cli_main(tmp_path, capsys):
     p = tmp_path / "r.json"
     p.write_text(json.dumps(fake_results()))
-    assert figures.main([str(p), "--png", str(tmp_path / "t.png")]) == 0
+    assert cli.main(["figures", str(p), "--png", str(tmp_path / "t.png")]) == 0
     out = capsys.readouterr()
     assert "| golden (one-shot leave-one-out) |" in json.loads(out.out)["table"] and "| golden" in out.err
-    assert figures.main([str(p), "--format", "md"]) == 0
+    assert cli.main(["figures", str(p), "--format", "md"]) == 0
     assert capsys.readouterr().out.startswith("| method |")
-    assert figures.main([str(tmp_path / "missing.json")]) == 1
+    assert cli.main(["figures", str(tmp_path / "missing.json")]) == 1
 
 
 def test_off_scale_method_and_focus_range():
@@ -109,11 +104,21 @@ def test_off_scale_method_and_focus_range():
     rows = [{"method": m, "ratio": r, "accuracy": 0.9 - d * (1 - r) / 0.7, "gflops": 0.4 * r,
              "ci_low": 0.88 - d * (1 - r) / 0.7, "ci_high": 0.92 - d * (1 - r) / 0.7}
             for m, d in drops.items() for r in (1.0, 0.6, 0.3)]
-    tight = figures.parse_results({"meta": {}, "rows": [r for r in rows if r["method"] != "norm"]})
+    tight = results.parse_results({"meta": {}, "rows": [r for r in rows if r["method"] != "norm"]})
     assert figures.off_scale(tight) == {} and figures.focus_range(tight) is None
-    res = figures.parse_results({"meta": {"full": {"accuracy": 0.9}}, "rows": rows})
+    res = results.parse_results({"meta": {"full": {"accuracy": 0.9}}, "rows": rows})
     assert figures.off_scale(res) == {"norm": pytest.approx(0.4)}
     lo, hi = figures.focus_range(res)
     others = [r for r in res.rows if r["method"] != "norm"]
     assert lo <= min(r["ci_low"] for r in others) and hi >= max(r["ci_high"] for r in others)
     assert lo > 0.8
+
+
+def test_one_style_table_for_figures_tables_and_the_app():
+    """Every method has one name, colour and marker; the paper-shaped table's labels differ only
+    where the paper names a method differently, and unknown methods still get a style."""
+    assert styles.display_name("tome") == "ToMe merging" and styles.paper_name("tome") == "ToMe"
+    assert styles.paper_name("predictor") == "Ours (predictor)" and styles.paper_name("random") == "random"
+    assert styles.paper_name("full") == "CLIP (unpruned)"
+    assert len({s.colour for s in styles.STYLES.values()}) == len(styles.STYLES)
+    assert styles.display_name("mine") == "mine" and styles.colour("mine") == styles.FALLBACK_COLOUR

@@ -8,6 +8,7 @@ import torch
 
 from patchrank import metrics as M
 from patchrank.errors import PatchRankError
+from patchrank.stats import wilson_interval
 
 
 def _orders(b, p, seed=0):
@@ -134,3 +135,14 @@ def test_bad_inputs_are_refused():
         M.kept_iou(a, a, 0.0)
     with pytest.raises(PatchRankError, match="n must be"):
         M.bottom_overlap(a, a, 11)
+
+
+# -- confidence intervals (patchrank.stats) --------------------------------------------------------
+def test_wilson_interval_known_values():
+    lo, hi = wilson_interval(5, 10)
+    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
+    lo, hi = wilson_interval(0, 10)
+    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
+    lo, hi = wilson_interval(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-4)
+    assert all(math.isnan(v) for v in wilson_interval(0, 0))

@@ -1,7 +1,7 @@
 """The shipped trade-off results (assets/results/) are what the shipped files compute, and they
 meet the project's quality bars (README, results).
 
-The sweep stores, per row, which evaluation images it got right (``sweep.pack_hits``). Here the
+The sweep stores, per row, which evaluation images it got right (``results.pack_hits``). Here the
 first ``SUBSET`` evaluation scenes are recomputed from the shipped golden rankings, predictor and
 tokens, and compared with those rows image by image: the subset's accuracy within 0.5 points and
 at most 1 % of images different (float noise near a decision boundary). A results file left
@@ -19,7 +19,7 @@ import torch
 
 import patchrank as pr
 from patchrank import metrics, store
-from patchrank.sweep import unpack_hits
+from patchrank.results import unpack_hits
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "assets" / "results" / "bundled.json"

@@ -2,14 +2,14 @@
 split-file layout, reproduce and bench — all on a tiny random-init ViT (16 patches) and tiny
 generated image folders, so the file runs in seconds."""
 import json
-import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-from patchrank import cli, store, sweep
+from patchrank import cli, reproduce, results, store, sweep, sweep_cells, sweep_latency, sweep_methods
 from patchrank.cli import measure
 from patchrank.data import coop
 from patchrank.data.datasets import open_dataset
@@ -67,17 +67,6 @@ def preprocess_all(m, ds):
     return torch.stack([m.preprocess(ds.image(i)) for i in range(len(ds.ids))])
 
 
-# -- statistics -----------------------------------------------------------------------------------
-def test_wilson_interval_known_values():
-    lo, hi = sweep.wilson_interval(5, 10)
-    assert lo == pytest.approx(0.2366, abs=1e-4) and hi == pytest.approx(0.7634, abs=1e-4)
-    lo, hi = sweep.wilson_interval(0, 10)
-    assert lo == 0.0 and hi == pytest.approx(0.2775, abs=1e-4)
-    lo, hi = sweep.wilson_interval(10, 10)
-    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-4)
-    assert all(math.isnan(v) for v in sweep.wilson_interval(0, 0))
-
-
 # -- the composition equals the public pruned forward ---------------------------------------------
 def test_method_embeddings_match_encode_image(m, tmp_path):
     ds = open_dataset(str(image_folder(tmp_path / "f")))
@@ -85,7 +74,7 @@ def test_method_embeddings_match_encode_image(m, tmp_path):
     torch.manual_seed(0)
     p = Predictor.for_model(m).eval()
     t = LearnableTokens.for_model(m, num_visual=2).eval()
-    meths, skipped = sweep.build_methods(m, ["random", "norm", "attention", "tome", "predictor",
+    meths, skipped = sweep_methods.build_methods(m, ["random", "norm", "attention", "tome", "predictor",
                                              "predictor+tokens", "attention+fuse"], ds.ids,
                                          predictor=p, tokens=t)
     assert not skipped and len(meths) == 7
@@ -93,7 +82,7 @@ def test_method_embeddings_match_encode_image(m, tmp_path):
         h = m.prefix(x)
         full = m.encode_image(x)
         for meth in meths:
-            embs = sweep.method_embeddings(m, meth, x, h, ds.ids, [1.0, 0.5, 0.25], full=full)
+            embs = sweep_cells.method_embeddings(m, meth, x, h, ds.ids, [1.0, 0.5, 0.25], full=full)
             for r in (0.5, 0.25):
                 want = m.encode_image(x, keep_ratio=r, ranker=meth.ranker, tokens=meth.tokens)
                 torch.testing.assert_close(embs[r], want, msg=f"{meth.name} at {r}")
@@ -105,9 +94,10 @@ def test_method_embeddings_match_encode_image(m, tmp_path):
 def test_sweep_rows_csv_latency_and_full_sharing(m, tmp_path):
     folder = image_folder(tmp_path / "f")
     out = tmp_path / "res" / "r.json"
-    res = sweep.run_sweep(m, str(folder), ["random", "norm", "tome", "golden"], [0.5, 1.0, 0.25],
-                          out, batch=4, latency_batches=(1, 2), repeats=1, warmup=0,
-                          templates="a photo of the colour {}.", progress=False)
+    settings = sweep.SweepSettings(methods=["random", "norm", "tome", "golden"], ratios=[0.5, 1.0, 0.25],
+                                   batch=4, latency_batches=(1, 2), repeats=1, warmup=0,
+                                   templates="a photo of the colour {}.", progress=False)
+    res = sweep.run_sweep(m, str(folder), settings, out)
     rows = res["rows"]
     assert [r["ratio"] for r in rows[:3]] == [1.0, 0.5, 0.25] and len(rows) == 12
     meta = res["meta"]
@@ -130,33 +120,33 @@ def test_sweep_rows_csv_latency_and_full_sharing(m, tmp_path):
     assert tome[0]["gflops"] > tome[1]["gflops"] > tome[2]["gflops"] and tome[1]["ranker_gflops"] > 0
     csv_lines = (tmp_path / "res" / "r.csv").read_text().splitlines()
     assert csv_lines[0].startswith("method,ratio,kept") and len(csv_lines) == 13
-    assert json.loads(out.read_text())["format"] == sweep.FORMAT
+    assert json.loads(out.read_text())["format"] == results.FORMAT
 
 
 def test_sweep_resumes_after_kill_and_refuses_other_settings(m, tmp_path, monkeypatch):
     folder = image_folder(tmp_path / "f", per_class=3)
     out = tmp_path / "r.json"
     kw = dict(batch=3, latency_batches=(), progress=False)
-    ref = sweep.run_sweep(m, str(folder), ["random", "norm"], [1.0, 0.5], out, **kw)
-    cells = sweep.cells_path(out)
+    ref = sweep.run_sweep(m, str(folder), methods=["random", "norm"], ratios=[1.0, 0.5], out=out, **kw)
+    cells = sweep_cells.cells_path(out)
     lines = cells.read_bytes().split(b"\n")
     # keep header, 2 method lines and 3 cells; then a torn write, as kill -9 leaves it
     cells.write_bytes(b"\n".join(lines[:6]) + b"\n" + lines[6][:17])
     calls = []
-    real = sweep.method_embeddings
-    monkeypatch.setattr(sweep, "method_embeddings", lambda *a, **k: calls.append(a[1].name) or real(*a, **k))
-    again = sweep.run_sweep(m, str(folder), ["random", "norm"], [1.0, 0.5], out, **kw)
+    real = sweep_cells.method_embeddings
+    monkeypatch.setattr(sweep_cells, "method_embeddings", lambda *a, **k: calls.append(a[1].name) or real(*a, **k))
+    again = sweep.run_sweep(m, str(folder), methods=["random", "norm"], ratios=[1.0, 0.5], out=out, **kw)
     assert [r["correct"] for r in again["rows"]] == [r["correct"] for r in ref["rows"]]
     assert 0 < len(calls) < 2 * 3          # 3 batches x 2 methods; only the missing ones rerun
     with pytest.raises(PatchRankError, match="ratios"):
-        sweep.run_sweep(m, str(folder), ["random"], [1.0, 0.4], out, **kw)
+        sweep.run_sweep(m, str(folder), methods=["random"], ratios=[1.0, 0.4], out=out, **kw)
     p1 = Predictor.for_model(m)
-    sweep.run_sweep(m, str(folder), ["predictor"], [1.0, 0.5], out, predictor=p1, **kw)
+    sweep.run_sweep(m, str(folder), methods=["predictor"], ratios=[1.0, 0.5], out=out, predictor=p1, **kw)
     torch.manual_seed(1)
     with pytest.raises(PatchRankError, match="'predictor' was computed with other weights"):
-        sweep.run_sweep(m, str(folder), ["predictor"], [1.0, 0.5], out,
+        sweep.run_sweep(m, str(folder), methods=["predictor"], ratios=[1.0, 0.5], out=out,
                         predictor=Predictor.for_model(m), **kw)
-    res = sweep.run_sweep(m, str(folder), ["predictor"], [1.0, 0.5], out, predictor=Predictor.for_model(m),
+    res = sweep.run_sweep(m, str(folder), methods=["predictor"], ratios=[1.0, 0.5], out=out, predictor=Predictor.for_model(m),
                           fresh=True, **kw)
     assert res["meta"]["methods"] == ["predictor"]
 
@@ -170,7 +160,7 @@ def test_golden_from_ranking_folder(m, tmp_path):
     with store.ShardWriter(rk) as w:
         for i, o in orders.items():
             w.append(i, o)
-    res = sweep.run_sweep(m, ds, ["golden"], [0.5], None, latency_batches=(1,), repeats=1, warmup=0,
+    res = sweep.run_sweep(m, ds, methods=["golden"], ratios=[0.5], out=None, latency_batches=(1,), repeats=1, warmup=0,
                           rankings=rk, progress=False)
     x = preprocess_all(m, ds)
     keep = torch.stack([orders[i][:8] for i in ds.ids]).sort(dim=1).values
@@ -181,9 +171,9 @@ def test_golden_from_ranking_folder(m, tmp_path):
     # a folder short of images, or made for another model, is refused clearly
     ds2 = open_dataset(str(image_folder(tmp_path / "f2", per_class=3)))
     with pytest.raises(PatchRankError, match="rankings for 6 of the 9 images .first missing: .blue/2.png"):
-        sweep.run_sweep(m, ds2, ["golden"], [0.5], None, latency_batches=(), rankings=rk, progress=False)
+        sweep.run_sweep(m, ds2, methods=["golden"], ratios=[0.5], out=None, latency_batches=(), rankings=rk, progress=False)
     with pytest.raises(ModelMismatch):
-        sweep.run_sweep(m, ds, ["golden"], [0.5], None, latency_batches=(),
+        sweep.run_sweep(m, ds, methods=["golden"], ratios=[0.5], out=None, latency_batches=(),
                         rankings=({"model_id": "other/1"}, orders), progress=False)
 
 
@@ -193,16 +183,16 @@ def test_missing_bundled_weights_are_skipped_named_ones_raise(m, tmp_path, capsy
     monkeypatch.setattr(patchrank.predictor, "default_path", lambda: tmp_path / "no-predictor.safetensors")
     monkeypatch.setattr(patchrank.tokens, "default_path", lambda: tmp_path / "no-tokens.safetensors")
     folder = image_folder(tmp_path / "f")
-    res = sweep.run_sweep(m, str(folder), ["predictor", "predictor+tokens", "random"], [1.0, 0.5], None,
+    res = sweep.run_sweep(m, str(folder), methods=["predictor", "predictor+tokens", "random"], ratios=[1.0, 0.5], out=None,
                           latency_batches=(), progress=False)
     assert res["meta"]["methods"] == ["random"]
     assert "bundled predictor is missing" in res["meta"]["skipped"]["predictor"]
     assert "skipping predictor" in capsys.readouterr().err
-    res = sweep.run_sweep(m, str(folder), ["predictor+tokens"], [0.5], None, latency_batches=(),
+    res = sweep.run_sweep(m, str(folder), methods=["predictor+tokens"], ratios=[0.5], out=None, latency_batches=(),
                           predictor=Predictor.for_model(m), progress=False)
     assert "learnable tokens are missing" in res["meta"]["skipped"]["predictor+tokens"]
     with pytest.raises(PatchRankError, match="predictor file not found"):
-        sweep.run_sweep(m, str(folder), ["predictor"], [0.5], None, latency_batches=(),
+        sweep.run_sweep(m, str(folder), methods=["predictor"], ratios=[0.5], out=None, latency_batches=(),
                         predictor=tmp_path / "none.safetensors", progress=False)
 
 
@@ -215,7 +205,7 @@ def test_bad_folders_name_the_file(m, tmp_path, make, match):
     root = tmp_path / "bad"
     make(root)
     with pytest.raises(PatchRankError, match=match):
-        sweep.run_sweep(m, str(root), ["random"], [0.5], None, latency_batches=(), progress=False)
+        sweep.run_sweep(m, str(root), methods=["random"], ratios=[0.5], out=None, latency_batches=(), progress=False)
 
 
 # -- CoOp layout ----------------------------------------------------------------------------------
@@ -276,8 +266,9 @@ def test_coop_aircraft_and_imagenet_layouts(tmp_path):
 # -- reproduce, bench, CLI ------------------------------------------------------------------------
 def test_reproduce_table(m, tmp_path, monkeypatch, capsys):
     root = coop_root(tmp_path / "data")
-    rep = sweep.reproduce(m, root, ["caltech101", "oxford_pets"], methods=["tome", "random", "predictor"],
-                          ratios=[0.5], out_dir=tmp_path / "out", progress=False)
+    settings = replace(reproduce.REPRODUCE, methods=["tome", "random", "predictor"], ratios=[0.5],
+                       progress=False)
+    rep = reproduce.reproduce(m, root, ["caltech101", "oxford_pets"], settings, out_dir=tmp_path / "out")
     table = rep["tables"]["0.5"]
     assert "| Method | Caltech101 | OxfordPets | Avg. | Avg. GFLOPs |" in table
     assert "| CLIP (unpruned) |" in table and "| ToMe |" in table
@@ -295,7 +286,7 @@ def test_reproduce_table(m, tmp_path, monkeypatch, capsys):
 
 
 def test_bench_and_cli(m, tmp_path, monkeypatch, capsys):
-    res = sweep.bench(m, ["fixed-ids", "random", "tome"], [1.0, 0.5], [1, 2], repeats=1, warmup=0,
+    res = sweep_latency.bench(m, ["fixed-ids", "random", "tome"], [1.0, 0.5], [1, 2], repeats=1, warmup=0,
                       progress=False)
     rows = res["rows"]
     assert {(r["method"], r["batch"]) for r in rows} >= {("full", 1), ("fixed-ids", 2), ("tome", 1)}
@@ -320,7 +311,7 @@ def test_tokens_run_only_at_the_keep_ratios_they_were_trained_for(m, tmp_path):
     folder = image_folder(tmp_path / "f")
     t = LearnableTokens.for_model(m, num_visual=2)
     t.meta["train"] = {"ratios": [0.25, 0.5]}
-    res = sweep.run_sweep(m, str(folder), ["random", "random+tokens"], [1.0, 0.5, 0.25], None,
+    res = sweep.run_sweep(m, str(folder), methods=["random", "random+tokens"], ratios=[1.0, 0.5, 0.25], out=None,
                           latency_batches=(1,), repeats=1, warmup=0, tokens=t, progress=False)
     ratios = {r["method"]: [] for r in res["rows"]}
     for r in res["rows"]:
