@@ -1,17 +1,10 @@
 """PatchRank's Gradio app: layout, event wiring and rendering only; the engine is ``patchrank``.
 
 ``build_demo()`` returns the ``gr.Blocks``; ``app.py`` at the repository root launches it.
-Everything the app writes (exports, generated example scenes, gradio's upload/output cache) goes
-under one temporary folder, ``$PATCHRANK_APP_TMP`` (default ``<system temp>/patchrank-app``).
+Everything the app writes goes under one temporary folder (``app.paths``), whose environment is
+set here first, before any module imports gradio.
 """
-import os
-import tempfile
-from pathlib import Path
-
-os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-APP_TMP = Path(os.environ.setdefault("PATCHRANK_APP_TMP", str(Path(tempfile.gettempdir()) / "patchrank-app")))
-os.environ.setdefault("GRADIO_TEMP_DIR", str(APP_TMP / "gradio"))
-
-from .ui import CSS, THEME, build_demo, launch_kwargs  # noqa: E402
+from .paths import APP_TMP  # noqa: I001  (first: sets GRADIO_TEMP_DIR before gradio loads)
+from .ui import CSS, THEME, build_demo, launch_kwargs
 
 __all__ = ["build_demo", "launch_kwargs", "THEME", "CSS", "APP_TMP"]

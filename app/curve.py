@@ -14,8 +14,10 @@ import torch
 
 import patchrank as pr
 
-from . import engine, plots
-from .handlers import RANKER_VALUES, Analysis, Progress, _current, _labels, _probs, _progress_fn
+import app.engine as engine
+import app.plots as plots
+from .analysis import RANKER_VALUES, Analysis, class_labels, class_probs, current
+from .progress import Progress, reporter
 
 #: A pruned prediction counts as changed only if another class beats the full top class by this.
 FLIP_MARGIN = 1e-4
@@ -30,14 +32,14 @@ def curve_ratios(m) -> list[float]:
 
 def _curve_embeddings(a: Analysis, progress: Progress = None) -> dict:
     """Pruned embeddings of this image at every curve ratio, per ranker (computed once each)."""
-    with a._lock:
+    with a.lock:
         have = a.curve_embs.setdefault("emb", {})
         ratios = a.curve_embs.setdefault("ratios", curve_ratios(a.model))
         ordered = [n for n in RANKER_VALUES if n in a.orders and n not in have]
         mergers = [n for n in a.mergers if n not in have]
         if not ordered and not mergers:
             return a.curve_embs
-        report = _progress_fn(progress)
+        report = reporter(progress)
         embs = {n: [] for n in ordered + mergers}
         for i, r in enumerate(ratios):
             report(i / len(ratios), f"keep ratio {r:.2f}")
@@ -69,13 +71,13 @@ def curve_data(a: Analysis, labels: list[str], progress: Progress = None) -> dic
     """Top-class probability vs keep ratio per ranker, where each prediction flips and the
     smallest keep ratio that keeps the top-1."""
     c = _curve_embeddings(a, progress)
-    full = _probs(a.model, labels, a.full_emb)[0]
+    full = class_probs(a.model, labels, a.full_emb)[0]
     top = int(np.argmax(full))
     out = {"top_class": labels[top], "full_prob": float(full[top]), "ratios": c["ratios"],
            "model": a.model.model_id, "prune_layer": a.model.prune_layer, "image": a.image_name,
            "rankers": {}}
     for name in [n for n in RANKER_VALUES if n in c["emb"]]:
-        p = _probs(a.model, labels, c["emb"][name])
+        p = class_probs(a.model, labels, c["emb"][name])
         flip, min_keep = _flip_and_min_keep(c["ratios"], p, top)
         out["rankers"][name] = {"prob": [float(v) for v in p[:, top]],
                                 "top1": [labels[i] for i in p.argmax(1)], "flip": flip,
@@ -91,8 +93,8 @@ def curve(labels: Any, *, session: str | None = None, progress: Progress = None)
 
 def curve_full(labels: Any, *, session: str | None = None, progress: Progress = None) -> tuple:
     """As ``curve``, plus the curve's data (for the slider's note on the smallest keep ratio)."""
-    names = _labels(labels)
-    a = _current(session)
+    names = class_labels(labels)
+    a = current(session)
     d = curve_data(a, names, progress)
     parts = [f"{plots.display_name(n)}: " + (f"changes at {row['flip']:.2f}, " if row["flip"] is not None
                                              else "never changes, ")

@@ -19,13 +19,11 @@ import torch
 import patchrank as pr
 from patchrank import forward, golden, metrics, rankers, sweep
 from patchrank.baselines import ToMeMerger, cls_attention
+from patchrank import ordering
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
-from patchrank.predictor import load_predictor
 from patchrank.timing import interleaved
-from patchrank.tokens import load_tokens
 
 from .store import LRU
-from patchrank import ordering
 
 ON_SPACES = bool(os.environ.get("SPACE_ID"))
 
@@ -201,14 +199,14 @@ def layer_reason(what: str, err: Exception) -> str:
 
 def bundled_predictor(m: pr.PatchModel) -> tuple[PredictorInfo | None, str]:
     """The shipped predictor for ``m`` if there is one; else (None, why)."""
-    return _shipped(_PREDICTORS, m, lambda m: PredictorInfo(load_predictor(model=m), "bundled", "bundled"),
+    return _shipped(_PREDICTORS, m, lambda m: PredictorInfo(pr.load_predictor(model=m), "bundled", "bundled"),
                     "predictor")
 
 
 def load_uploaded_predictor(m: pr.PatchModel, path: str, name: str) -> PredictorInfo:
     """A predictor file uploaded by a user; refuses one trained for another model."""
     digest = hashlib.sha256(open(path, "rb").read()).hexdigest()[:12]
-    p = load_predictor(path=path, model=m)
+    p = pr.load_predictor(path=path, model=m)
     return PredictorInfo(p, name, digest)
 
 
@@ -217,10 +215,10 @@ _TOKENS: LRU = LRU(8)
 
 def bundled_tokens(m: pr.PatchModel) -> tuple[Any | None, str]:
     """The shipped learnable tokens for ``m`` if there are any; else (None, why)."""
-    return _shipped(_TOKENS, m, lambda m: load_tokens(model=m), "learnable tokens")
+    return _shipped(_TOKENS, m, lambda m: pr.load_tokens(model=m), "learnable tokens")
 
 
-def _golden_kwargs(m: pr.PatchModel, mode: str) -> dict:
+def golden_search_kwargs(m: pr.PatchModel, mode: str) -> dict:
     """The app's golden search: the default (label-free) settings, or one-shot on 2x2 cells."""
     kwargs: dict = dict(golden.DEFAULT_SETTINGS)
     kwargs["score"] = "similarity"          # label free: the app's labels don't change the ranking
@@ -255,7 +253,7 @@ def golden_order(m: pr.PatchModel, x: torch.Tensor, mode: str,
                  progress: Callable[[float, str], None] | None = None, target: dict | None = None) -> np.ndarray:
     """Golden ranking of one image: order [P], best first. ``target``: ``golden_target_kwargs``
     (default: the label-free similarity score)."""
-    kwargs = {**_golden_kwargs(m, mode), **(target or {})}
+    kwargs = {**golden_search_kwargs(m, mode), **(target or {})}
     with torch.inference_mode():
         return _order(golden.golden_ranking(m, x, progress=progress, **kwargs).order)
 
@@ -280,7 +278,7 @@ def ranker_gflops(m: pr.PatchModel, name: str, golden_mode: str,
     """GFLOPs per image a ranker spends choosing patches (the golden search included), as the
     sweep counts them (``rankers.ranker_gflops``); None if unknown."""
     if name == "golden":
-        return golden.search_gflops(m, golden.golden_settings(m, **_golden_kwargs(m, golden_mode)))
+        return golden.search_gflops(m, golden.golden_settings(m, **golden_search_kwargs(m, golden_mode)))
     if name == "predictor":
         return None if pred is None else float(pred.predictor.gflops(m))
     return rankers.ranker_gflops(m, name)

@@ -1,6 +1,8 @@
 """Listeners: thin wrappers that pass gradio's session hash and progress bar to the plain
-functions in ``app.state`` and ``app.handlers`` and turn their ``{key: value}`` results into the
-tuples gradio expects (``pack``).
+functions of the app (``app.state`` for what the Explore tab shows, and the services by concern:
+``analysis``, ``panels``, ``pruning``, ``curve``, ``exports``, ``models``, ``predictors``,
+``tradeoffs``) and turn their ``{key: value}`` results into the tuples gradio expects
+(``app.outputs.pack``). Which listener is bound to which event is ``app.wiring``.
 
 Each user action is one request: a new image, a model switch or a predictor upload is one
 generator that yields successive complete states (fast rankers, then golden with top-5 and
@@ -9,92 +11,25 @@ listener whatever moved it (drag, keys, number box, reset).
 """
 from __future__ import annotations
 
-import os
-import threading
-import uuid
-from collections import deque
-from pathlib import Path
-from typing import Any, Iterator
+from typing import Iterator
 
 import gradio as gr
 
-from patchrank.files import atomic_path
-from PIL import Image
+import app.curve as C
+import app.exports as X
+import app.models as models
+import app.predictors as P
+import app.scene_note as scene_note
+import app.state as S
+import app.tradeoffs as T
+from .analysis import current, default_golden_mode, model_for
+from .outputs import FILES, IMAGE_KEYS, MODEL_KEYS, RANKER_KEYS, pack, sid as _sid
+from .panels import analyze_views, threshold, views
+from .pruning import prune
+from .store import session as get_session
 
-from . import curve as C, engine, exports as X, handlers as H, state as S, tradeoffs as T
-
-#: Outputs of an image (re)analysis, in the order ``app.ui`` lists their components.
-IMAGE_KEYS = S.RESULT_KEYS + ("right", "image")
-#: Outputs of a model switch that come before the image's.
-MODEL_KEYS = ("model_status", "labels", "model", "local_box", "golden_mode", "pred_menu", "layer")
-#: Outputs of the ranker menus: what depends on the view, and the slider's minimum-keep line.
-RANKER_KEYS = S.VIEW_KEYS + ("minkeep",)
-
-
-def image_input(**kwargs) -> gr.Image:
-    """The image input. Every event that reads it is wired with ``preprocess=False``: the
-    handler gets the uploaded file's payload and decodes it itself (``app.inputs``), so a
-    non-image, a bomb or an odd mode gets the app's own message. Gradio's own decoding raises
-    "Could not preprocess input component ..." with the server path instead, and overriding
-    ``preprocess`` on the instance does not last: any update sent to the component (an example
-    click, a cleared refusal) replaces the session's copy of it with a fresh ``gr.Image``."""
-    return gr.Image(type="filepath", image_mode=None, **kwargs)
-
-
-class PanelFiles:
-    """Writes drawn panels as JPEG files for gradio to serve, under unique names and atomically.
-
-    Handing gradio a PIL image makes it write ``<cache>/<content hash>/image.jpeg`` in place,
-    truncating a file another user may be downloading when two users get the same picture (same
-    image, same ratio); a path is instead copied into its cache atomically. Only the most recent
-    ``keep`` files are kept here (gradio has its own copy by then)."""
-
-    def __init__(self, keep: int = 256, quality: int = 90):
-        self.keep, self.quality = keep, quality
-        self._recent: deque[Path] = deque()
-        self._lock = threading.Lock()
-
-    def __call__(self, value):
-        if not isinstance(value, Image.Image):
-            return value
-        path = H.app_tmp() / "panels" / f"{uuid.uuid4().hex}.jpg"
-        with atomic_path(path) as tmp:
-            value.convert("RGB").save(tmp, "JPEG", quality=self.quality)
-        with self._lock:
-            self._recent.append(path)
-            old = [self._recent.popleft() for _ in range(max(0, len(self._recent) - self.keep))]
-        for f in old:
-            f.unlink(missing_ok=True)
-        return path
-
-    def all(self, values: tuple) -> tuple:
-        return tuple(self(v) for v in values)
-
-
-_files = PanelFiles()
-
-
-def pack(results: dict[str, Any], keys: tuple[str, ...], labels: bool = True) -> tuple:
-    """``{key: value}`` -> one value per key, in order: missing or ``SKIP`` keys are left as they
-    are, ``Out`` values also set their panel's label (``labels=False`` for the API: plain values),
-    images become served files."""
-    out = []
-    for key in keys:
-        v = results.get(key, S.SKIP)
-        if v is S.SKIP:
-            out.append(gr.skip())
-        elif isinstance(v, S.Out):
-            labelled = labels and v.label
-            out.append(gr.update(value=_files(v.value), label=v.label) if labelled else _files(v.value))
-        elif key.endswith("_box"):                 # a group shown or hidden
-            out.append(gr.update(visible=bool(v)))
-        else:
-            out.append(_files(v))
-    return tuple(out)
-
-
-def _sid(request: gr.Request | None) -> str | None:
-    return getattr(request, "session_hash", None) if request is not None else None
+#: The panel writer, under the name ``benchmarks/app_latency.py`` reads.
+_files = FILES
 
 
 # -- the Explore tab's own listeners (private) ----------------------------------------------------
@@ -132,7 +67,7 @@ def on_labels(ratio, left, right, labels, use_tokens, request: gr.Request,
               progress=gr.Progress()) -> Iterator[tuple]:
     """New class labels or learnable tokens switched: top-5, costs and curve; exports cleared.
     Unchanged labels (a blur after Enter) do nothing."""
-    sess = H.get_session(_sid(request))
+    sess = get_session(_sid(request))
     view = S.view_of(ratio, left, right, labels, use_tokens)
     if sess.view == view and sess.curve_labels == labels and sess.analysis is not None:
         yield pack({}, S.LABEL_OUT)
@@ -153,11 +88,10 @@ def _load_stream(load, choice, image, golden_mode, ratio, left, right, labels, u
         yield pack({"model_status": msg, "model": value, "local_box": value == "local"},
                    MODEL_KEYS + IMAGE_KEYS)
         return
-    golden_mode = H.default_golden_mode(sid)
-    from .predictors import menu_update        # (imports this module)
-    yield pack({"model_status": msg, "labels": new_labels, "model": value, "pred_menu": menu_update(sid),
+    golden_mode = default_golden_mode(sid)
+    yield pack({"model_status": msg, "labels": new_labels, "model": value, "pred_menu": P.menu_update(sid),
                 "local_box": value == "local", "golden_mode": golden_mode,
-                "layer": S.layer_update(H._model_for(H.get_session(sid))[1])}, MODEL_KEYS + IMAGE_KEYS)
+                "layer": S.layer_update(model_for(get_session(sid))[1])}, MODEL_KEYS + IMAGE_KEYS)
     view = S.view_of(ratio, left, right, new_labels, use_tokens)
     for d in S.image_stream(image, golden_mode, view, session=sid, progress=progress):
         yield pack({}, MODEL_KEYS) + pack(d, IMAGE_KEYS)
@@ -171,7 +105,7 @@ def on_pick_model(choice, arch, path, image, golden_mode, ratio, left, right, la
                     "`local-dir:/folder`), then press **Load model**.", "local_box": True},
                    MODEL_KEYS + IMAGE_KEYS)
         return
-    yield from _load_stream(lambda: H.load_model(choice, arch, path, session=_sid(request),
+    yield from _load_stream(lambda: models.load_model(choice, arch, path, session=_sid(request),
                                                  progress=progress),
                             choice, image, golden_mode, ratio, left, right, labels, use_tokens,
                             request, progress)
@@ -180,7 +114,7 @@ def on_pick_model(choice, arch, path, image, golden_mode, ratio, left, right, la
 def on_load_button(choice, arch, path, image, golden_mode, ratio, left, right, labels, use_tokens,
                    request: gr.Request, progress=gr.Progress(track_tqdm=True)) -> Iterator[tuple]:
     """The Load model button (the local checkpoint's fields are kept as typed)."""
-    yield from _load_stream(lambda: H.load_model(choice, arch, path, session=_sid(request),
+    yield from _load_stream(lambda: models.load_model(choice, arch, path, session=_sid(request),
                                                  progress=progress),
                             choice, image, golden_mode, ratio, left, right, labels, use_tokens,
                             request, progress)
@@ -190,18 +124,44 @@ def on_predictor_file(file, image, golden_mode, ratio, left, right, labels, use_
                       request: gr.Request, progress=gr.Progress()) -> Iterator[tuple]:
     """An uploaded predictor file, then the image analysed with it, as one request."""
     sid = _sid(request)
-    msg = H.upload_predictor(file, session=sid)
+    msg = P.upload_predictor(file, session=sid)
     yield (msg,) + pack({}, IMAGE_KEYS)
     view = S.view_of(ratio, left, right, labels, use_tokens)
     for d in S.image_stream(image, golden_mode, view, session=sid, progress=progress):
         yield (gr.skip(),) + pack(d, IMAGE_KEYS)
 
 
+def on_choose_predictor(choice, image, golden_mode, ratio, left, right, labels, use_tokens,
+                        request: gr.Request, progress=gr.Progress()) -> Iterator[tuple]:
+    """A predictor chosen in the menu, then the image analysed with it, as one request. A
+    failure is one toast; the menu goes back to the predictor still in use."""
+    sid = _sid(request)
+    try:
+        msg = P.choose(choice, session=sid, progress=progress)
+    except gr.Error as e:
+        gr.Warning(e.message)
+        yield (gr.update(value=P.current_source(sid)), f"**Predictor not changed**: {e.message}") \
+            + pack({}, IMAGE_KEYS)
+        return
+    yield (gr.skip(), msg) + pack({}, IMAGE_KEYS)
+    view = S.view_of(ratio, left, right, labels, use_tokens)
+    for d in S.image_stream(image, golden_mode, view, session=sid, progress=progress):
+        yield (gr.skip(), gr.skip()) + pack(d, IMAGE_KEYS)
+
+
+def on_real_clip(arch, path, image, golden_mode, ratio, left, right, labels, use_tokens,
+                 request: gr.Request, progress=gr.Progress()) -> Iterator[tuple]:
+    """The "not a scene" note's button: the model menu's own switch to ``scene_note.REAL_CLIP``
+    (download shown, image redone)."""
+    yield from on_pick_model(scene_note.REAL_CLIP, arch, path, image, golden_mode, ratio, left,
+                             right, labels, use_tokens, request, progress)
+
+
 # -- named API endpoints (one call, one result; bad values raise) ---------------------------------
 def on_analyze(image, golden_mode, ratio, left, right, request: gr.Request,
                progress=gr.Progress(track_tqdm=True)) -> tuple:
     """Rank the image's patches with every ranker (golden included); draw rankings and keep masks."""
-    return _files.all(H.analyze_views(image, golden_mode, ratio, left, right, session=_sid(request),
+    return _files.all(analyze_views(image, golden_mode, ratio, left, right, session=_sid(request),
                                       progress=progress))
 
 
@@ -209,24 +169,24 @@ def on_set_ratio(ratio, left, right, labels, use_tokens, request: gr.Request) ->
     """Everything that depends on the keep ratio, for one ratio: both keep masks, agreement,
     top-5 of the full and both pruned models, kept tokens / GFLOPs / latency."""
     view = S.view_of(ratio, left, right, labels, use_tokens)
-    H._current(_sid(request))                       # no image yet: say so
+    current(_sid(request))                       # no image yet: say so
     d = S.draw(_sid(request), heat=False, view=view)
     return pack(d, S.VIEW_KEYS[2:], labels=False)
 
 
 def on_views(ratio, left, right, request: gr.Request) -> tuple:
     """Redraw both rankings and keep masks from cached orders (no model run)."""
-    return _files.all(H.views(ratio, left, right, session=_sid(request)))
+    return _files.all(views(ratio, left, right, session=_sid(request)))
 
 
 def on_threshold(ratio, left, right, request: gr.Request) -> tuple:
     """Re-threshold the cached orders: both keep masks and the agreement (no model run)."""
-    return _files.all(H.threshold(ratio, left, right, session=_sid(request)))
+    return _files.all(threshold(ratio, left, right, session=_sid(request)))
 
 
 def on_prune(ratio, left, right, labels, use_tokens, request: gr.Request) -> tuple:
     """Pruned forward for both rankers: top-5 zero-shot, kept tokens, GFLOPs, latency."""
-    return H.prune(ratio, left, right, labels, bool(use_tokens), session=_sid(request))
+    return prune(ratio, left, right, labels, bool(use_tokens), session=_sid(request))
 
 
 def on_curve(labels, request: gr.Request, progress=gr.Progress()) -> tuple:
@@ -243,20 +203,32 @@ def on_load_model(choice, arch, path, request: gr.Request,
                   progress=gr.Progress(track_tqdm=True)) -> tuple:
     """Switch this session's model: (status, labels, menu value, golden mode). A failed load
     keeps the current model and says why in the status."""
-    msg, labels, value = H.load_model(choice, arch, path, session=_sid(request), progress=progress)
+    msg, labels, value = models.load_model(choice, arch, path, session=_sid(request), progress=progress)
     if labels is None:
         return msg, gr.skip(), value, gr.skip()
-    return msg, labels, value, H.default_golden_mode(_sid(request))
+    return msg, labels, value, default_golden_mode(_sid(request))
 
 
 def on_label_preset(preset, request: gr.Request) -> str:
     """Fill the labels box with a label set (the session keeps it across model changes)."""
-    return H.label_preset(preset, session=_sid(request))
+    return models.label_preset(preset, session=_sid(request))
 
 
 def on_upload_predictor(file, request: gr.Request) -> str:
     """Use an uploaded predictor file for the current model (refused if made for another model)."""
-    return H.upload_predictor(file, session=_sid(request))
+    return P.upload_predictor(file, session=_sid(request))
+
+
+def api_choose_predictor(choice, request: gr.Request, progress=gr.Progress()) -> str:
+    """``/choose_predictor``: use a listed predictor (refused if not listed for the model)."""
+    return P.choose(choice, session=_sid(request), progress=progress)
+
+
+def api_predictors(request: gr.Request) -> list[dict]:
+    """``/predictors``: the predictors listed for the session's model."""
+    _, m = model_for(get_session(_sid(request)))
+    return [{"model": e.model, "tag": e.tag, "source": e.source, "description": e.description}
+            for e in P.known(m)[0]]
 
 
 def on_sweep(spec, limit, include_golden, focus, request: gr.Request,
@@ -269,14 +241,3 @@ def on_tradeoff(focus: bool = True) -> tuple:
     """Accuracy vs GFLOPs (zoomed on the close methods when ``focus``) and latency vs keep
     ratio (median over methods with its spread) from the precomputed sweep results."""
     return T.tradeoff(focus=focus)
-
-
-def preload_on_spaces() -> None:
-    """On Spaces, load the default real-CLIP model in the background (the bundled one is ready)."""
-    if engine.ON_SPACES and os.environ.get("PATCHRANK_PRELOAD", "1") != "0":
-        def work():
-            try:
-                engine.REGISTRY.load(engine.SPACES_DEFAULT)
-            except Exception as e:  # the app still works with the bundled model
-                print(f"[patchrank] preload of {engine.SPACES_DEFAULT} failed: {e}")
-        threading.Thread(target=work, daemon=True, name="preload").start()

@@ -29,8 +29,9 @@ import numpy as np
 
 from patchrank.files import atomic_path
 
-from . import engine
+import app.engine as engine
 from .inputs import InputError, load_image
+from .paths import app_tmp
 
 ENV = "PATCHRANK_EXAMPLE_CACHE"
 _busy = 0                                   # requests' golden searches running now
@@ -42,7 +43,6 @@ def enabled() -> bool:
 
 
 def folder() -> Path:
-    from .handlers import app_tmp
     d = app_tmp() / "example-cache"
     d.mkdir(parents=True, exist_ok=True)
     return d
@@ -51,7 +51,7 @@ def folder() -> Path:
 def key(m, x, mode: str, target: dict | None = None) -> str:
     """Model id and prune layer + golden mode, settings and target (a class-conditioned search)
     + hash of the preprocessed image."""
-    settings = json.dumps({**engine._golden_kwargs(m, mode), **(target or {}),
+    settings = json.dumps({**engine.golden_search_kwargs(m, mode), **(target or {}),
                            "prune_layer": m.prune_layer}, sort_keys=True, default=str)
     image = hashlib.sha256(x.detach().cpu().numpy().tobytes()).hexdigest()
     return hashlib.sha256(f"{m.model_id}|{mode}|{settings}|{image}".encode()).hexdigest()[:32]

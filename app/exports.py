@@ -16,10 +16,12 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from . import engine
+import app.engine as engine
 from .curve import curve_data
-from .handlers import (RANKER_VALUES, Analysis, Progress, _checked, _current, _heat_panel,
-                       _labels, _mask_panel, app_tmp)
+from .analysis import RANKER_VALUES, Analysis, checked, class_labels, current
+from .panels import heat_panel, mask_panel
+from .paths import app_tmp
+from .progress import Progress
 from .store import session as get_session
 
 MAX_EXPORT_DIRS = 64
@@ -91,14 +93,14 @@ def export(ratio: float, left: str, right: str, labels: Any, *, session: str | N
     """Write the zip of everything, then the overlay PNGs, rankings (JSON, CSV) and the
     per-image curve (JSON, CSV) into the app's temporary folder; returns the file paths, the
     zip first."""
-    ratio, left, right = _checked(ratio, left, right)
-    names = _labels(labels)
-    a = _current(session)
+    ratio, left, right = checked(ratio, left, right)
+    names = class_labels(labels)
+    a = current(session)
     d = _export_dir(session)
     base = stem(a.image_name, ratio)
     files: list[Path] = []
     for name in dict.fromkeys((left, right)):
-        for kind, img in (("ranking", _heat_panel(a, name, ratio)), ("mask", _mask_panel(a, name, ratio))):
+        for kind, img in (("ranking", heat_panel(a, name, ratio)), ("mask", mask_panel(a, name, ratio))):
             path = d / f"{base}_{kind}_{name.replace('+', '-')}.png"
             img.save(path)
             files.append(path)

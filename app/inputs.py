@@ -25,8 +25,9 @@ MIN_SIDE = 8
 #: a preset the app offers (ImageNet's 1,000 classes) is accepted whole.
 MAX_LABELS = 100
 MAX_LABEL_CHARS = 80
-#: Keep-ratio bounds of the slider and of the API.
+#: Keep-ratio bounds of the slider and of the API, and where the slider starts (and resets to).
 MIN_RATIO, MAX_RATIO = 0.02, 1.0
+DEFAULT_RATIO = 0.5
 
 
 class InputError(ValueError):

@@ -8,7 +8,12 @@ from __future__ import annotations
 
 from patchrank.errors import PatchRankError, WeightsUnavailable
 
-from . import engine
+import app.engine as engine
+
+#: What to do about a model without a predictor (status line, panel, model switch).
+TRAIN_HINT = ("Train one with `python -m patchrank train-predictor` for this model (a GPU is "
+              "advised: golden rankings for a few thousand images come first), then upload the "
+              "`.safetensors` file below.")
 
 
 def local_route(arch: str = "") -> str:

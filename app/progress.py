@@ -9,11 +9,25 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 from patchrank import downloads
 
 Report = Callable[[float | None, str], None]
+#: What handlers accept as ``progress``: gradio's ``gr.Progress`` (or any callable), or None.
+Progress = Callable[..., Any] | None
+
+
+def reporter(progress: Progress) -> Report:
+    """``progress`` as a plain ``report(fraction, text)`` that clamps the fraction, does nothing
+    without a bar, and never lets a failing progress bar break the work it reports on."""
+    def report(frac: float | None, desc: str = "") -> None:
+        if progress is not None:
+            try:
+                progress(None if frac is None else min(1.0, max(0.0, float(frac))), desc=desc)
+            except Exception:   # a progress bar must never break the work
+                pass
+    return report
 
 
 def duration(seconds: float) -> str:

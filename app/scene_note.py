@@ -5,18 +5,16 @@ The bundled model knows six clothing classes in synthetic scenes and answers wit
 for anything (a person comes out as "top 47 %"). Whether an image is such a scene is the
 engine's decision (``patchrank.scene_check``: image statistics against the shipped evaluation
 scenes, on the part of the image the model sees); this module words it and offers the switch,
-which goes through the normal model-switch path (``events.on_pick_model``).
+which goes through the normal model-switch path (``events.on_real_clip``); the note and button
+are laid out by ``app.ui``.
 """
 from __future__ import annotations
 
-import threading
-from typing import Any, Iterator
-
-import gradio as gr
+from typing import Any
 
 from patchrank import scene_check
 
-from . import engine
+import app.engine as engine
 
 #: The real CLIP the button loads: ViT-B-16 on Spaces (preloaded there), else ViT-B-32, the
 #: cheapest real CLIP on a CPU (7x7 = 49 patches: a quarter of ViT-B-16's golden search).
@@ -48,27 +46,3 @@ def status_lines(a: Any) -> list[str]:
         return []
     return [f"**Not a scene**: the bundled model knows only {len(a.model.classnames or ())} clothing "
             f"classes in synthetic scenes; for a photo, load a real CLIP ({REAL_CLIP})."]
-
-
-def components(c: dict[str, Any]) -> None:
-    """The note and the switch button, hidden until an image needs them. The scenes' ranges
-    (about 1 s, once) are computed in the background now instead of in the first analysis."""
-    threading.Thread(target=scene_check.scene_ranges, daemon=True, name="scene-ranges").start()
-    with gr.Group(visible=False, elem_id="pr-scene-box") as c["scene_box"]:
-        c["scene_note"] = gr.Markdown(elem_id="pr-scene-note")
-        c["real_btn"] = gr.Button(f"Switch to real CLIP ({REAL_CLIP})", variant="primary",
-                                  elem_id="pr-real-clip")
-
-
-def on_switch(arch, path, image, golden_mode, ratio, left, right, labels, use_tokens,
-              request: gr.Request, progress=gr.Progress()) -> Iterator[tuple]:
-    """The button: the model menu's own switch to ``REAL_CLIP`` (download shown, image redone)."""
-    from . import events as E
-    yield from E.on_pick_model(REAL_CLIP, arch, path, image, golden_mode, ratio, left, right,
-                               labels, use_tokens, request, progress)
-
-
-def wire(c: dict[str, Any], model_in: list, model_out: list, model_kw: dict) -> None:
-    """The button sends one request, with the menu's inputs and outputs (menu excluded)."""
-    c["real_btn"].click(on_switch, model_in[1:], model_out, preprocess=False,
-                        api_visibility="private", **model_kw)

@@ -2,8 +2,8 @@
 
 The page has many ways to change what it shows (slider drag, arrow keys, the number box, the
 reset button, the ranker menus, labels, a new or refused or removed image, a model switch).
-Before this module each had its own partial handler, so the screen could show masks for one keep
-ratio beside a top-5 and GFLOPs for another. Here every path records the user's current choice
+Were each to draw only its own part, the screen could show masks for one keep ratio beside a
+top-5 and GFLOPs for another. So every path records the user's current choice
 (:class:`View`) in the session and redraws *every* result that depends on it from that one
 record, under the session's lock, so the last thing drawn is always a complete, consistent state.
 
@@ -20,8 +20,16 @@ import gradio as gr
 
 import patchrank as pr
 
-from . import curve as C, engine, handlers as H, plots, render, scene_note
+import app.curve as C
+import app.engine as engine
+import app.plots as plots
+import app.render as render
+import app.scene_note as scene_note
+from .analysis import Analysis, analyze, checked, ensure_golden, golden_pending, reanalyze
 from .inputs import MAX_RATIO, MIN_RATIO, InputError, parse_labels
+from .panels import agreement_md, heat_panel, mask_panel, status_md
+from .progress import Progress
+from .pruning import prune
 from .store import session as get_session
 
 #: Every output a new image (or a refused or removed one) replaces, in ``app.ui``'s order.
@@ -69,7 +77,7 @@ def ratio_in_range(ratio: Any) -> bool:
 
 def view_of(ratio: Any, left: Any, right: Any, labels: Any, use_tokens: Any) -> View:
     """The user's choice as sent by the page or an API call; refuses bad values (``gr.Error``)."""
-    r, lft, rgt = H._checked(ratio, left, right)
+    r, lft, rgt = checked(ratio, left, right)
     return View(r, lft, rgt, labels, bool(use_tokens))
 
 
@@ -105,26 +113,26 @@ def short_name(name: str) -> str:
     return {"golden": "golden", "attention+fuse": "EViT"}.get(name, plots.display_name(name))
 
 
-def _side_titles(a: H.Analysis, view: View, side: str) -> tuple[str, str]:
+def _side_titles(a: Analysis, view: View, side: str) -> tuple[str, str]:
     name = view.left if side == "l" else view.right
     k = a.model.keep_count(view.ratio)
     who = f"{'Left' if side == 'l' else 'Right'}: {short_name(name)}"
     return f"{who} ranking", f"{who}, keep {view.ratio:.2f} ({k}/{a.num_patches})"
 
 
-def _panels(a: H.Analysis, view: View, heat: bool, opacity: float) -> dict[str, Any]:
+def _panels(a: Analysis, view: View, heat: bool, opacity: float) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for side, name in (("l", view.left), ("r", view.right)):
         heat_title, mask_title = _side_titles(a, view, side)
         draw_heat = heat or (name in a.mergers and name not in a.merger_orders)  # groups follow k
-        out[f"heat_{side}"] = (Out(H._heat_panel(a, name, view.ratio, opacity), heat_title)
+        out[f"heat_{side}"] = (Out(heat_panel(a, name, view.ratio, opacity), heat_title)
                                if draw_heat else SKIP)
-        out[f"mask_{side}"] = Out(H._mask_panel(a, name, view.ratio), mask_title)
-    out["agreement"] = H._agreement_md(a, view.left, view.right, view.ratio)
+        out[f"mask_{side}"] = Out(mask_panel(a, name, view.ratio), mask_title)
+    out["agreement"] = agreement_md(a, view.left, view.right, view.ratio)
     return out
 
 
-def _vocabulary_note(a: H.Analysis, names: list[str]) -> str:
+def _vocabulary_note(a: Analysis, names: list[str]) -> str:
     unknown = engine.unknown_labels(a.model, names)
     if not unknown:
         return ""
@@ -135,7 +143,7 @@ def _vocabulary_note(a: H.Analysis, names: list[str]) -> str:
             "such labels get the same meaningless score. Use its classes, or load real CLIP.")
 
 
-def _top5(a: H.Analysis, view: View, session: str | None) -> dict[str, Any]:
+def _top5(a: Analysis, view: View, session: str | None) -> dict[str, Any]:
     """Top-5 of the full and both pruned models plus the cost line, all for ``view``."""
     k = a.model.keep_count(view.ratio)
     head = (f"**At keep ratio {view.ratio:.2f}** ({k} of {a.num_patches} patches), "
@@ -146,15 +154,15 @@ def _top5(a: H.Analysis, view: View, session: str | None) -> dict[str, Any]:
         out = cleared("", keys=("top_full", "top_l", "top_r"))
         out["cost"] = head + f"**No top-5**: {e}"
         return out
-    full, left, right, md = H.prune(view.ratio, view.left, view.right, names, view.use_tokens,
+    full, left, right, md = prune(view.ratio, view.left, view.right, names, view.use_tokens,
                                     session=session)
     out = {"top_full": Out(full, f"Full model ({a.num_patches} patches): top-5")}
     for key, side, name, d in (("top_l", "Left", view.left, left), ("top_r", "Right", view.right, right)):
         label = f"{side}: {short_name(name)}, keep {view.ratio:.2f}: top-5"
-        if not d and name == "golden" and H.golden_pending(a):
+        if not d and name == "golden" and golden_pending(a):
             label = f"{side}: golden: computing the golden ranking..."
         out[key] = Out(d or None, label)
-    if H.golden_pending(a):
+    if golden_pending(a):
         md += "  \n(Latency measured while the golden search runs on the same CPU: expect it slower.)"
     out["cost"] = head + md + _vocabulary_note(a, names)
     return out
@@ -177,7 +185,7 @@ def draw(session: str | None, *, heat: bool = True, view: View | None = None,
                 **(_top5(a, view, session) if top5 else {})}
 
 
-def curve_results(session: str | None, progress: H.Progress = None) -> dict[str, Any]:
+def curve_results(session: str | None, progress: Progress = None) -> dict[str, Any]:
     """The per-image curve for the current labels; a refusal empties it and says why."""
     sess = get_session(session)
     view = sess.view or View()
@@ -235,7 +243,7 @@ def layer_update(m: pr.PatchModel, value: int | None = None) -> Any:
 
 # -- whole flows ----------------------------------------------------------------------------------
 def image_stream(image: Any, golden_mode: str, view: View, *, session: str | None = None,
-                 progress: H.Progress = None) -> Iterator[dict[str, Any]]:
+                 progress: Progress = None) -> Iterator[dict[str, Any]]:
     """A new, removed or re-analysed image, as successive complete states: fast rankers first,
     then the golden ranking with top-5 and costs, then the curve. A refused image clears every
     result (the image input too) and says why in one toast (a warning: an error would also
@@ -247,7 +255,7 @@ def image_stream(image: Any, golden_mode: str, view: View, *, session: str | Non
         yield cleared(NO_IMAGE)
         return
     try:
-        a = H.analyze(image, golden_mode, session=session, progress=progress, golden=False)
+        a = analyze(image, golden_mode, session=session, progress=progress, golden=False)
     except gr.Error as e:
         sess.analysis = None
         gr.Warning(e.message)
@@ -259,7 +267,7 @@ def image_stream(image: Any, golden_mode: str, view: View, *, session: str | Non
 
 
 def reanalysis_stream(view: View, golden_mode: str | None = None, *, session: str | None = None,
-                      progress: H.Progress = None) -> Iterator[dict[str, Any]]:
+                      progress: Progress = None) -> Iterator[dict[str, Any]]:
     """The current image again after an analysis setting changed (prune layer, golden target):
     the same successive states as a new image. Without an image only the setting is kept."""
     sess = get_session(session)
@@ -267,12 +275,12 @@ def reanalysis_stream(view: View, golden_mode: str | None = None, *, session: st
     if sess.analysis is None:
         yield {"golden_target": golden_choices(session)}
         return
-    a = H.reanalyze(golden_mode, session=session, progress=progress, golden=False)
+    a = reanalyze(golden_mode, session=session, progress=progress, golden=False)
     yield from _analysis_stream(a, view, session, progress)
 
 
-def _analysis_stream(a: H.Analysis, view: View, session: str | None,
-                     progress: H.Progress) -> Iterator[dict[str, Any]]:
+def _analysis_stream(a: Analysis, view: View, session: str | None,
+                     progress: Progress) -> Iterator[dict[str, Any]]:
     sess = get_session(session)
     out: dict[str, Any] = {}
     if "predictor" in a.missing and view.right == "predictor" and "attention" in a.orders:
@@ -283,22 +291,22 @@ def _analysis_stream(a: H.Analysis, view: View, session: str | None,
                  if "exists only for" in why else "No predictor for this model")
                 + ": comparing with CLS attention instead.")
     first = draw(session, view=view)
-    if H.golden_pending(a):            # top-5 and costs wait for the golden side
+    if golden_pending(a):            # top-5 and costs wait for the golden side
         first.update(cleared("", keys=("top_full", "top_l", "top_r")))
         first["cost"] = "Computing the golden ranking; top-5 and costs follow."
-    yield {**out, **first, "curve": None, "curve_md": "", "files": None, "status": H.status_md(a),
+    yield {**out, **first, "curve": None, "curve_md": "", "files": None, "status": status_md(a),
            "minkeep": "", "golden_target": golden_choices(session), **scene_note.outputs(a)}
-    if H.golden_pending(a):
-        H.ensure_golden(a, progress)
+    if golden_pending(a):
+        ensure_golden(a, progress)
         if sess.analysis is not a:     # another image arrived meanwhile: its stream takes over
             return
-        yield {**draw(session), "status": H.status_md(a)}
+        yield {**draw(session), "status": status_md(a)}
     if sess.analysis is a:
         yield curve_results(session, progress)
 
 
 def labels_stream(view: View, *, session: str | None = None,
-                  progress: H.Progress = None) -> Iterator[dict[str, Any]]:
+                  progress: Progress = None) -> Iterator[dict[str, Any]]:
     """New class labels (typed, a preset, learnable tokens on or off): top-5, costs, curve and
     exports redrawn for them. Refused labels clear what the old labels produced and say why."""
     sess = get_session(session)

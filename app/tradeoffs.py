@@ -25,8 +25,10 @@ import plotly.graph_objects as go
 from patchrank import figures
 from patchrank.errors import PatchRankError
 
-from . import engine, plots
-from .handlers import Progress, _fail, _model_for, _predictor_for, _progress_fn
+import app.engine as engine
+import app.plots as plots
+from .analysis import fail, model_for, predictor_for
+from .progress import Progress, reporter
 from .store import session as get_session
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "results"
@@ -153,15 +155,15 @@ def sweep_dataset(spec: str, limit: Any = 200, include_golden: bool = False, foc
     spec = (spec or "").strip()
     n = _sweep_limit(spec, limit)
     sess = get_session(session)
-    _, m = _model_for(sess)
-    pred, _ = _predictor_for(sess, m)
-    _progress_fn(progress)(None, f"sweeping {spec} ({n} images at most)")
+    _, m = model_for(sess)
+    pred, _ = predictor_for(sess, m)
+    reporter(progress)(None, f"sweeping {spec} ({n} images at most)")
     try:
         out = engine.run_sweep(m, spec, limit=n, include_golden=bool(include_golden),
                                predictor=pred.predictor if pred else None)
         res = figures.parse_results(out, f"sweep of {spec}")
     except engine.EngineMissing as e:
-        raise _fail(e) from None
+        raise fail(e) from None
     except (PatchRankError, OSError) as e:
         raise gr.Error(f"The sweep could not run: {e}", print_exception=False) from None
     skipped = res.meta.get("skipped") or {}

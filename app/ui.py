@@ -1,27 +1,28 @@
-"""Layout and event wiring; the listeners are in ``app.events``, what they draw in ``app.state``.
-
-One request per user action. Gradio 6.31's Dropdown sends ``input`` twice per menu choice and its
-Image sends ``change`` twice when an upload replaces a shown image, so binding those ran every
-analysis twice (and showed every error twice); the menus listen to ``select`` and the image to
-``input`` (upload, paste, remove: once each) plus the example click. The keep ratio has one
-listener, on ``change``, which fires once for a drag frame, an arrow key, a number typed or the
-reset button, so every way of moving it redraws the same things.
-
-Concurrency: image analyses, model switches and exports share one slot (``concurrency_id=
-"model"``, limit 1, on a 2-vCPU Space); redraws for the keep ratio and rankers (cached orders,
-one small pruned forward) get their own slots so the slider stays live during a golden search.
-The queue is bounded, so overload is refused with a message instead of piling up.
+"""Layout: the Blocks, its tabs and components, in the order a person reads them. Which
+listener each component's events go to is ``app.wiring``; what the listeners do is ``app.events``.
 """
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
 import gradio as gr
 
-from . import (controls as K, engine, events as E, example_cache, handlers as H, predictors as P,
-               render, scene_note, state as S, tradeoffs as T)
-from .inputs import MAX_RATIO, MIN_RATIO
+from patchrank import predictor_list, scene_check
+
+import app.engine as engine
+import app.example_cache as example_cache
+import app.predictors as P
+import app.render as render
+import app.scene_note as scene_note
+import app.state as S
+import app.wiring as wiring
+from .analysis import ranker_choices
+from .examples import example_files
+from .inputs import DEFAULT_RATIO, MAX_RATIO, MIN_RATIO
+from .models import preload_on_spaces
+from .tradeoffs import MAX_SWEEP_IMAGES
 
 QUEUE_MAX = 32
 THEME = gr.themes.Soft(primary_hue="indigo")
@@ -39,7 +40,6 @@ CSS = """
 .pr-top .output-class { font-size: 1.05em !important; padding: 4px 8px !important; }
 .pr-top .confidence-set { padding: 1px 0 !important; }
 """
-DEFAULT_RATIO = 0.5
 TITLE = ("### PatchRank: which image patches does CLIP need? <span class='pr-note'>Upload an image "
          "or click an example; the slider keeps each side's most important patches and the top-5 "
          "shows what the pruned model still predicts.</span>")
@@ -55,8 +55,8 @@ def build_demo(golden_mode: str = "exact") -> gr.Blocks:
     """The whole app as a ``gr.Blocks`` (queue set, not launched). ``golden_mode``: the golden
     search selected at start ("exact" or "fast")."""
     m = engine.REGISTRY.bundled()              # load once at startup; shared read-only
-    E.preload_on_spaces()
-    example_cache.WARMER.follow("bundled", m, golden_mode, H.example_files())   # examples' golden
+    preload_on_spaces()
+    example_cache.WARMER.follow("bundled", m, golden_mode, example_files())   # examples' golden
     # gradio cache: every 10 min, files older than 20 min go (panels are fetched within seconds)
     with gr.Blocks(title="PatchRank", delete_cache=(600, 1200)) as demo:
         gr.Markdown(TITLE, elem_id="pr-title")
@@ -71,8 +71,8 @@ def build_demo(golden_mode: str = "exact") -> gr.Blocks:
             with gr.Accordion("About the rankings", open=False):
                 gr.Markdown(INTRO)
         with gr.Tab("Trade-offs"):
-            _tradeoff_tab(demo)
-        _wire(c)
+            wiring.wire_tradeoffs(demo, _tradeoff_tab())
+        wiring.wire(c)
     demo.queue(max_size=QUEUE_MAX, default_concurrency_limit=1)
     return demo
 
@@ -80,10 +80,10 @@ def build_demo(golden_mode: str = "exact") -> gr.Blocks:
 def _inputs_column(c: dict[str, Any], m, golden_mode: str) -> None:
     """Image and the examples beside it, then the analysis settings, labels, model and predictor
     (components stored in ``c``)."""
-    c["image"] = E.image_input(label="Image", sources=["upload", "clipboard"], height=220,
-                               elem_id="pr-image")
-    scene_note.components(c)              # "not a scene" note + switch to real CLIP (hidden)
-    files = H.example_files()
+    c["image"] = image_input(label="Image", sources=["upload", "clipboard"], height=220,
+                             elem_id="pr-image")
+    _scene_box(c)                         # "not a scene" note + switch to real CLIP (hidden)
+    files = example_files()
     c["examples"] = gr.Examples([[p] for p in files], inputs=[c["image"]], examples_per_page=20,
                                 example_labels=[example_caption(p) for p in files],
                                 label="Examples: scenes of the bundled model's classes, then photos "
@@ -118,7 +118,7 @@ def _inputs_column(c: dict[str, Any], m, golden_mode: str) -> None:
             c["load_btn"] = gr.Button("Load model", elem_id="pr-load")
         c["model_status"] = gr.Markdown(f"**Model** {engine.describe(m)}.", label="Model status",
                                         elem_id="pr-model-status")
-        P.components(c)                   # predictors listed for the model
+        _predictor_menu(c)                # predictors listed for the model
         c["pred_file"] = gr.File(label="Predictor file for this model (.safetensors)",
                                  file_types=[".safetensors"], type="filepath")
         c["pred_status"] = gr.Markdown(label="Predictor status", elem_classes="pr-note")
@@ -139,7 +139,7 @@ def _update_kwargs(update: dict) -> dict:
 def _panels_column(c: dict[str, Any]) -> None:
     """Ranker menus, both keep masks or both rankings (tabs), the keep-ratio slider, the
     agreement and the three top-5s: cause and effect on one screen."""
-    rankers = H.ranker_choices()
+    rankers = ranker_choices()
     with gr.Row():
         c["left"] = gr.Dropdown(rankers, value="golden", label="Left ranker", elem_id="pr-left")
         c["right"] = gr.Dropdown(rankers, value="predictor", label="Right ranker", elem_id="pr-right")
@@ -185,8 +185,38 @@ def _results_rows(c: dict[str, Any]) -> None:
     c["status"] = gr.Markdown(label="Analysis status", elem_id="pr-status", elem_classes="pr-note")
 
 
-def _tradeoff_tab(demo: gr.Blocks) -> None:
-    """Accuracy vs GFLOPs and latency: precomputed results on load and on request, or a sweep now."""
+def image_input(**kwargs) -> gr.Image:
+    """The image input. Every event that reads it is wired with ``preprocess=False``: the
+    handler gets the uploaded file's payload and decodes it itself (``app.inputs``), so a
+    non-image, a bomb or an odd mode gets the app's own message. Gradio's own decoding raises
+    "Could not preprocess input component ..." with the server path instead, and overriding
+    ``preprocess`` on the instance does not last: any update sent to the component (an example
+    click, a cleared refusal) replaces the session's copy of it with a fresh ``gr.Image``."""
+    return gr.Image(type="filepath", image_mode=None, **kwargs)
+
+
+def _scene_box(c: dict[str, Any]) -> None:
+    """The "not a scene" note and its switch button, hidden until an image needs them. The
+    scenes' ranges (about 1 s, once) are computed in the background now instead of in the first
+    analysis."""
+    threading.Thread(target=scene_check.scene_ranges, daemon=True, name="scene-ranges").start()
+    with gr.Group(visible=False, elem_id="pr-scene-box") as c["scene_box"]:
+        c["scene_note"] = gr.Markdown(elem_id="pr-scene-note")
+        c["real_btn"] = gr.Button(f"Switch to real CLIP ({scene_note.REAL_CLIP})", variant="primary",
+                                  elem_id="pr-real-clip")
+
+
+def _predictor_menu(c: dict[str, Any]) -> None:
+    """The predictor menu (inside the "Model and predictor" accordion), filled for the bundled
+    model."""
+    choices = P.menu_choices(engine.REGISTRY.bundled())
+    c["pred_menu"] = gr.Dropdown(choices, value=predictor_list.BUNDLED if choices else None,
+                                 label="Known predictors for this model", elem_id="pr-pred-menu",
+                                 info="from assets/predictors.json and PATCHRANK_PREDICTORS")
+
+
+def _tradeoff_tab() -> dict[str, Any]:
+    """Accuracy vs GFLOPs and latency: precomputed results, or a sweep now (its components)."""
     trade_md = gr.Markdown(label="Results status", elem_id="pr-trade-md")
     focus = gr.Checkbox(True, label="zoom on the close methods (a method far below them is named on "
                                     "the figure instead of squashing the axis)", elem_id="pr-focus")
@@ -199,116 +229,13 @@ def _tradeoff_tab(demo: gr.Blocks) -> None:
         with gr.Row():
             spec = gr.Textbox("bundled-eval:200", label="Dataset",
                               info="a folder with one subfolder per class, or bundled-eval:N")
-            n = gr.Number(200, precision=0, minimum=1, maximum=T.MAX_SWEEP_IMAGES, label="Images (at most)")
+            n = gr.Number(200, precision=0, minimum=1, maximum=MAX_SWEEP_IMAGES, label="Images (at most)")
             with_golden = gr.Checkbox(False, label="include golden (slow: a search per image)")
         sweep_btn = gr.Button("Run sweep")
-    figs = [fig_g, fig_l, trade_md]
-    refresh.click(E.on_tradeoff, [focus], figs, api_name="tradeoff")
-    focus.input(E.on_tradeoff, [focus], figs, api_visibility="private")
-    sweep_btn.click(E.on_sweep, [spec, n, with_golden, focus], figs, api_name="sweep",
-                    concurrency_id="model", concurrency_limit=1)
-    demo.load(E.on_tradeoff, [focus], figs, api_visibility="private")
+    return dict(trade_md=trade_md, focus=focus, fig_g=fig_g, fig_l=fig_l, refresh=refresh, spec=spec,
+                n=n, with_golden=with_golden, sweep_btn=sweep_btn)
 
 
 def launch_kwargs() -> dict[str, Any]:
     """Arguments for ``demo.launch`` shared by app.py and the tests (Gradio 6: theme/css here)."""
     return dict(theme=THEME, css=CSS, max_file_size="25mb", show_error=True)
-
-
-def _outs(c: dict[str, Any], keys: tuple[str, ...]) -> list:
-    return [c[k] for k in keys]
-
-
-def _wire(c: dict[str, Any]) -> None:
-    """The Explore tab's events: each user action sends one request (see the module docstring)."""
-    model_kw = dict(concurrency_id="model", concurrency_limit=1)
-    draw_kw = dict(concurrency_id="draw", concurrency_limit=4)
-    private = dict(api_visibility="private")
-    view_in = _outs(c, ("ratio", "left", "right", "labels", "use_tokens"))
-    image_in = [c["image"], c["golden_mode"]] + view_in
-    image_out = _outs(c, E.IMAGE_KEYS)
-    view_out, label_out = _outs(c, S.VIEW_KEYS), _outs(c, S.LABEL_OUT)
-    label_progress = dict(show_progress_on=_outs(c, S.LABEL_KEYS[:7]))
-
-    raw = dict(preprocess=False)          # the image is decoded by the app (``E.image_input``)
-    c["image"].input(E.on_image, image_in, image_out, trigger_mode="always_last", **raw, **private,
-                     **model_kw)
-    c["examples"].load_input_event.then(E.on_image, image_in, image_out, **raw, **private, **model_kw)
-    c["examples"].load_input_event.then(None, js=SHOW_RESULTS)      # in the page: no request
-    c["golden_mode"].input(E.on_image, image_in, image_out, trigger_mode="always_last", **raw,
-                           **private, **model_kw)
-    c["reset"].click(None, None, [c["ratio"]], js=f"() => {DEFAULT_RATIO}")
-    c["ratio"].change(E.on_ratio, view_in, view_out, show_progress="hidden", trigger_mode="always_last",
-                      **private, **draw_kw)
-    for dd in (c["left"], c["right"]):
-        dd.select(E.on_rankers, view_in, view_out + [c["minkeep"]], show_progress="minimal",
-                  trigger_mode="always_last", **private, **draw_kw)
-    gr.on([c["labels"].blur, c["labels"].submit, c["use_tokens"].input], E.on_labels, view_in,
-          label_out, trigger_mode="always_last", **label_progress, **private, **model_kw)
-    c["preset"].input(E.on_label_preset, [c["preset"]], [c["labels"]], api_name="label_preset").success(
-        E.on_labels, view_in, label_out, **label_progress, **private, **model_kw)
-    _wire_controls(c, view_in, model_kw, draw_kw)
-    c["export_btn"].click(E.on_export, _outs(c, ("ratio", "left", "right", "labels")), [c["files"]],
-                          api_name="export", **model_kw)
-    model_in = _outs(c, ("model", "arch", "ckpt")) + image_in
-    model_out = _outs(c, E.MODEL_KEYS) + image_out
-    c["model"].select(E.on_pick_model, model_in, model_out, **raw, **private, **model_kw)
-    c["load_btn"].click(E.on_load_button, model_in, model_out, **raw, **private, **model_kw)
-    c["pred_file"].upload(E.on_predictor_file, [c["pred_file"]] + image_in, [c["pred_status"]] + image_out,
-                          **raw, **private, **model_kw)
-    P.wire(c, image_in, image_out, model_kw)
-    scene_note.wire(c, model_in, model_out, model_kw)
-    _wire_api(c, model_kw, draw_kw)
-
-
-def _wire_controls(c: dict[str, Any], view_in: list, model_kw: dict, draw_kw: dict) -> None:
-    """Prune layer, golden target, overlay opacity and patch clicks (``app.controls``)."""
-    private = dict(api_visibility="private")
-    reanalysis_out = _outs(c, K.REANALYSIS_KEYS)
-    for ctl, fn in ((c["layer"], K.on_layer), (c["golden_target"], K.on_golden_target)):
-        trigger = ctl.select if isinstance(ctl, gr.Dropdown) else ctl.input
-        trigger(fn, [ctl, c["golden_mode"]] + view_in, reanalysis_out, trigger_mode="always_last",
-                **private, **model_kw)
-    c["opacity"].change(K.on_opacity, [c["opacity"]] + view_in, _outs(c, K.OPACITY_KEYS),
-                        show_progress="hidden", trigger_mode="always_last", **private, **draw_kw)
-    for key in ("mask_l", "mask_r", "heat_l", "heat_r"):
-        c[key].select(K.on_patch_click, [c["ratio"]], [c["patch"]], show_progress="hidden",
-                      **private, **draw_kw)
-
-
-#: Brings the panels into view after an example click (narrow pages stack the examples above).
-#: After an example click: bring the panels into view, and again once the first results have
-#: arrived if the user has not scrolled meanwhile (a note above the panels that appears or goes
-#: with the new image shifts them; scrolling once left them off screen on a narrow page).
-SHOW_RESULTS = """() => {
-  const go = () => { document.getElementById('pr-panels')?.scrollIntoView({block: 'start'}); return window.scrollY; };
-  const at = go();
-  for (const ms of [600, 1500]) setTimeout(() => { if (Math.abs(window.scrollY - at) < 400) go(); }, ms);
-}"""
-
-
-def _wire_api(c: dict[str, Any], model_kw: dict, draw_kw: dict) -> None:
-    """Named API endpoints on hidden triggers: one call, one result, bad values refused."""
-    view3 = _outs(c, ("ratio", "left", "right"))
-    view5 = view3 + _outs(c, ("labels", "use_tokens"))
-    panels = _outs(c, ("heat_l", "heat_r", "mask_l", "mask_r", "agreement"))
-
-    def api(fn, inputs, outputs, name, **kw):
-        gr.Button(visible=False).click(fn, inputs, outputs, api_name=name, **kw)
-
-    api(E.on_analyze, [c["image"], c["golden_mode"]] + view3, panels + [c["status"]], "analyze",
-        preprocess=False, **model_kw)
-    api(E.on_set_ratio, view5, _outs(c, S.VIEW_KEYS[2:]), "set_ratio", **draw_kw)
-    api(E.on_threshold, view3, panels[2:], "threshold", **draw_kw)
-    api(E.on_prune, view5, _outs(c, ("top_full", "top_l", "top_r", "cost")), "prune", **model_kw)
-    api(E.on_views, view3, panels, "views", **draw_kw)
-    api(E.on_curve, [c["labels"]], _outs(c, ("curve", "curve_md")), "curve", **model_kw)
-    api(E.on_load_model, _outs(c, ("model", "arch", "ckpt")),
-        _outs(c, ("model_status", "labels", "model", "golden_mode")), "load_model", **model_kw)
-    api(E.on_upload_predictor, [c["pred_file"]], [c["pred_status"]], "upload_predictor", **model_kw)
-    api(K.api_layer, [c["layer"]] + view3, panels + [c["status"]], "prune_layer", **model_kw)
-    api(K.api_golden_target, [c["golden_target"], c["labels"]] + view3, panels + [c["status"]],
-        "golden_target", **model_kw)
-    api(K.api_opacity, [c["opacity"]] + view3, _outs(c, K.OPACITY_KEYS), "opacity", **draw_kw)
-    row, col = gr.Number(0, precision=0, visible=False), gr.Number(0, precision=0, visible=False)
-    api(K.api_patch_rank, [row, col, c["ratio"]], [c["patch"]], "patch_rank", **draw_kw)

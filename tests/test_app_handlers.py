@@ -9,6 +9,7 @@ import open_clip
 import pytest
 from PIL import Image
 
+import patchrank as pr
 from app import curve as C, engine, exports as X, handlers as H, inputs, render, store, tradeoffs as T
 
 LEFT, RIGHT = "golden", "attention"
@@ -142,12 +143,12 @@ def test_prune_top5_and_costs(analysed):
                                     session=sid)
     for d in (full, left, right):
         assert 1 <= len(d) <= 5 and all(0 <= v <= 1 for v in d.values())
-    assert abs(sum(H.engine.probs(store.session(sid).analysis.model, ["a", "b"],
+    assert abs(sum(engine.probs(store.session(sid).analysis.model, ["a", "b"],
                                   store.session(sid).analysis.full_emb)[0]) - 1) < 1e-4
     assert "GFLOPs" in md and "Latency" in md and "59 of 196" in md
     # equal cost means all cost: each ranker's own work is added to the pruned encoder's
     m = store.session(sid).analysis.model
-    enc = float(H.pr.flops(m, keep=59))
+    enc = float(pr.flops(m, keep=59))
     from patchrank import rankers
     att = enc + rankers.ranker_gflops(m, "attention")
     assert f"CLS attention {att:.3g}" in md, md

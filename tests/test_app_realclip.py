@@ -81,7 +81,7 @@ def test_predictor_list_format_and_matching(tmp_path, bundled):
     assert not P.known(tiny_vit())[0]                                          # none for another model
 
 
-# -- item 3: listed predictors, loaded on choice ------------------------------------------------------
+# -- listed predictors, loaded on choice -------------------------------------------------------------
 def test_listed_predictor_loads_from_the_hub_and_failures_keep_it(on_b32, listed):
     sid = on_b32
     menu = P.menu_update(sid)
@@ -103,7 +103,7 @@ def test_listed_predictor_loads_from_the_hub_and_failures_keep_it(on_b32, listed
         assert P.current_source(sid) == f"hf-hub:{REPO}"
 
 
-# -- item 5a: download progress and size --------------------------------------------------------------
+# -- download progress and size ---------------------------------------------------------------------
 def test_download_shows_size_and_progress(b32, hub, monkeypatch, tmp_path):
     monkeypatch.setattr(engine, "REGISTRY", engine.ModelRegistry())
     point_hub(monkeypatch, hub.url, tmp_path / "hf-home")              # nothing cached: a download
@@ -146,7 +146,7 @@ def test_real_clip_golden_reports_time_left_in_both_modes(b32, monkeypatch):
         assert any(d.endswith(" left") and "· about" in d for _, d in golden), (mode, golden[-1])
 
 
-# -- item 5b: a photo on the bundled model ------------------------------------------------------------
+# -- a photo on the bundled model -------------------------------------------------------------------
 def test_scene_check_separates_the_scenes_from_the_example_photos(bundled):
     views = [render.model_view(im, bundled.image_size, bundled.grid)
              for im in pr.bundled_eval(limit=300).images]
@@ -185,8 +185,8 @@ def test_switch_button_is_the_model_menus_switch(b32, hub, monkeypatch):
     store.session(sid).model_key = "bundled"
     req = type("Req", (), {"session_hash": sid})()
     from app import events as E
-    stream = scene_note.on_switch("", "", str(S.EXAMPLE), "fast", 0.5, "golden", "attention",
-                                  "cat, dog", False, req, progress=None)
+    stream = E.on_real_clip("", "", str(S.EXAMPLE), "fast", 0.5, "golden", "attention",
+                            "cat, dog", False, req, progress=None)
     outs = list(itertools.islice(stream, 2))            # the switch, then the image's first state
     stream.close()
     keys = E.MODEL_KEYS + E.IMAGE_KEYS
@@ -196,7 +196,7 @@ def test_switch_button_is_the_model_menus_switch(b32, hub, monkeypatch):
     assert "ViT-B-32/openai" in states[1]["status"]
 
 
-# -- item 5d: the examples' golden rankings, in the background, on disk -------------------------------
+# -- the examples' golden rankings, in the background, on disk --------------------------------------
 def test_examples_ranked_in_background_and_found_on_disk(bundled, monkeypatch):
     monkeypatch.setenv(example_cache.ENV, "1")
     w = example_cache.Warmer()
