@@ -28,9 +28,6 @@ from .panels import analyze_views, threshold, views
 from .pruning import prune
 from .store import session as get_session
 
-#: The panel writer, under the name ``benchmarks/app_latency.py`` reads.
-_files = FILES
-
 
 # -- the Explore tab's own listeners (private) ----------------------------------------------------
 def on_image(image, golden_mode, ratio, left, right, labels, use_tokens, request: gr.Request,
@@ -161,7 +158,7 @@ def on_real_clip(arch, path, image, golden_mode, ratio, left, right, labels, use
 def on_analyze(image, golden_mode, ratio, left, right, request: gr.Request,
                progress=gr.Progress(track_tqdm=True)) -> tuple:
     """Rank the image's patches with every ranker (golden included); draw rankings and keep masks."""
-    return _files.all(analyze_views(image, golden_mode, ratio, left, right, session=_sid(request),
+    return FILES.all(analyze_views(image, golden_mode, ratio, left, right, session=_sid(request),
                                       progress=progress))
 
 
@@ -176,12 +173,12 @@ def on_set_ratio(ratio, left, right, labels, use_tokens, request: gr.Request) ->
 
 def on_views(ratio, left, right, request: gr.Request) -> tuple:
     """Redraw both rankings and keep masks from cached orders (no model run)."""
-    return _files.all(views(ratio, left, right, session=_sid(request)))
+    return FILES.all(views(ratio, left, right, session=_sid(request)))
 
 
 def on_threshold(ratio, left, right, request: gr.Request) -> tuple:
     """Re-threshold the cached orders: both keep masks and the agreement (no model run)."""
-    return _files.all(threshold(ratio, left, right, session=_sid(request)))
+    return FILES.all(threshold(ratio, left, right, session=_sid(request)))
 
 
 def on_prune(ratio, left, right, labels, use_tokens, request: gr.Request) -> tuple:

@@ -1,7 +1,7 @@
 """Plotly figures of the Explore tab: the per-image keep-ratio curve and empty placeholders.
 
-The trade-off tab's figures are ``app.tradeoffs`` (sweep results read and drawn by the engine's
-``patchrank.figures``: one reader, one table of method names and colours).
+The trade-off tab's figures are ``app.tradeoffs`` (sweep results read by ``patchrank.results``
+and drawn by ``patchrank.figures``; method names and colours from ``patchrank.styles``).
 """
 from __future__ import annotations
 

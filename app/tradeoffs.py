@@ -1,9 +1,10 @@
 """The trade-off tab: accuracy against cost per method, read at a glance.
 
-Results are read and drawn by the engine (``patchrank.figures``: the sweep's schema, method
-names and colours), so the app, the README figure and the CLI agree. What this module adds is
+Results are read and drawn by the engine (``patchrank.results`` reads the sweep's schema,
+``patchrank.figures`` draws, ``patchrank.styles`` names and colours the methods), so the app, the
+README figure and the CLI agree. What this module adds is
 what a glance needs:
-- a method far below the others (token norm, high first, at 28 %) would squash six methods into
+- a method far below the others (token norm, high first, on the bundled model) would squash six methods into
   a 10-point band, so by default the accuracy axis is zoomed on the others and the outlier is
   named on the figure (untick the box to see everything);
 - batch-1 latency of one keep ratio is the same work whichever method chose the patches, and the
@@ -24,6 +25,8 @@ import plotly.graph_objects as go
 
 from patchrank import figures
 from patchrank.errors import PatchRankError
+from patchrank.results import SweepResults, load_results_dir, parse_results
+from patchrank.styles import display_name
 
 import app.engine as engine
 import app.plots as plots
@@ -36,7 +39,7 @@ MAX_SWEEP_IMAGES = 2000
 LATENCY_KEYS = ("latency_ms_b1", "latency_ms")        # the sweep's batch-1 median; older rows
 
 
-def describe(res: figures.SweepResults) -> str:
+def describe(res: SweepResults) -> str:
     """"bundled on bundled-eval, 1200 images": model, dataset and its size, as titles name them."""
     meta = res.meta
     n = meta.get("n_images") or max((int(r.get("n") or 0) for r in res.rows), default=0) or "?"
@@ -44,7 +47,7 @@ def describe(res: figures.SweepResults) -> str:
     return f"{model} on {meta.get('data') or 'dataset ?'}, {n} images"
 
 
-def accuracy_figure(res: figures.SweepResults, focus: bool = True) -> go.Figure:
+def accuracy_figure(res: SweepResults, focus: bool = True) -> go.Figure:
     """Accuracy vs GFLOPs (the engine's figure); with ``focus`` the y axis covers the methods
     that are not off scale and the ones that are get a note on the figure."""
     fig = figures.tradeoff_figure(res, "gflops", title=f"Accuracy vs GFLOPs — {describe(res)}")
@@ -54,7 +57,7 @@ def accuracy_figure(res: figures.SweepResults, focus: bool = True) -> go.Figure:
     rng, out = figures.focus_range(res), figures.off_scale(res)
     if focus and rng is not None:
         fig.update_yaxes(range=[100 * rng[0], 100 * rng[1]])
-        names = ", ".join(f"{figures.display_name(m)} (down to {100 * v:.1f}%)" for m, v in out.items())
+        names = ", ".join(f"{display_name(m)} (down to {100 * v:.1f}%)" for m, v in out.items())
         fig.add_annotation(text=f"below this range: {names}; untick 'zoom' to see it", x=0.01, y=0.02,
                            xref="paper", yref="paper", showarrow=False, xanchor="left",
                            font=dict(size=11, color="#444"), bgcolor="rgba(255,255,255,0.8)")
@@ -65,7 +68,7 @@ def _latency(r: dict) -> float | None:
     return next((r[k] for k in LATENCY_KEYS if r.get(k) is not None), None)
 
 
-def latency_figure(res: figures.SweepResults) -> go.Figure:
+def latency_figure(res: SweepResults) -> go.Figure:
     """Batch-1 latency per keep ratio: the median over methods, a bar from the fastest run to
     the slowest method's median, each method's median in the hover; the full model dashed."""
     by_ratio: dict[float, list[dict]] = {}
@@ -78,7 +81,7 @@ def latency_figure(res: figures.SweepResults) -> go.Figure:
     med = [statistics.median(_latency(r) for r in by_ratio[q]) for q in ratios]
     lo = [min(r.get("latency_ms_b1_min") or _latency(r) for r in by_ratio[q]) for q in ratios]
     hi = [max(_latency(r) for r in by_ratio[q]) for q in ratios]
-    hover = ["<br>".join(f"{figures.display_name(r['method'])} {_latency(r):.2f} ms" for r in by_ratio[q])
+    hover = ["<br>".join(f"{display_name(r['method'])} {_latency(r):.2f} ms" for r in by_ratio[q])
              for q in ratios]
     fig = go.Figure(go.Scatter(
         x=ratios, y=med, mode="lines+markers", name="median over methods", line=dict(color="#1f77b4"),
@@ -96,11 +99,11 @@ def latency_figure(res: figures.SweepResults) -> go.Figure:
     return fig
 
 
-def _figures(res: figures.SweepResults, focus: bool) -> tuple[go.Figure, go.Figure]:
+def _figures(res: SweepResults, focus: bool) -> tuple[go.Figure, go.Figure]:
     return accuracy_figure(res, focus), latency_figure(res)
 
 
-def _latency_note(res: figures.SweepResults) -> str:
+def _latency_note(res: SweepResults) -> str:
     full = res.meta.get("full") or {}
     if (full.get("gflops") or 1e9) >= 2.0:
         return ""
@@ -113,7 +116,7 @@ def _latency_note(res: figures.SweepResults) -> str:
 def tradeoff(folder: str | Path | None = None, focus: bool = True) -> tuple:
     """(accuracy-vs-GFLOPs figure, latency figure, markdown) from precomputed results."""
     folder = Path(folder or RESULTS_DIR)
-    found, problems = figures.load_results_dir(folder) if folder.is_dir() else ([], [])
+    found, problems = load_results_dir(folder) if folder.is_dir() else ([], [])
     found = [f for f in found if f.rows]
     if not found:
         msg = ("Trade-off results are not computed yet: no rows in `assets/results/*.json`. They "
@@ -161,7 +164,7 @@ def sweep_dataset(spec: str, limit: Any = 200, include_golden: bool = False, foc
     try:
         out = engine.run_sweep(m, spec, limit=n, include_golden=bool(include_golden),
                                predictor=pred.predictor if pred else None)
-        res = figures.parse_results(out, f"sweep of {spec}")
+        res = parse_results(out, f"sweep of {spec}")
     except engine.EngineMissing as e:
         raise fail(e) from None
     except (PatchRankError, OSError) as e:

@@ -169,7 +169,8 @@ def rethreshold(sid: str, left: str, right: str) -> dict:
     and gradio's postprocessing of them; 60 random ratios after a warm-up, in milliseconds."""
     import gradio as gr
     from gradio import processing_utils
-    from app import events as E, handlers as H
+    from app import handlers as H
+    from app.outputs import FILES
     post = gr.Image(type="pil", format="jpeg")
     cache = tempfile.mkdtemp(prefix="bench-cache-", dir=os.environ["PATCHRANK_APP_TMP"])
     rng = random.Random(0)
@@ -179,7 +180,7 @@ def rethreshold(sid: str, left: str, right: str) -> dict:
         t = time.perf_counter()
         masks = H.threshold(r, left, right, session=sid)
         th = time.perf_counter()
-        mask_l, mask_r, _ = E._files.all(masks)          # what the listener returns: JPEG files
+        mask_l, mask_r, _ = FILES.all(masks)          # what the listener returns: JPEG files
         for f in (mask_l, mask_r):                        # gradio: file data + copy into its cache
             processing_utils.save_file_to_cache(post.postprocess(f).path, cache)
         te = time.perf_counter()

@@ -15,8 +15,7 @@ from typing import Any, Iterable, Sequence
 
 from .errors import PatchRankError
 from .files import atomic_path, write_text
-# The one reader is ``patchrank.results``; the app's trade-off tab still reaches it through here.
-from .results import SweepResults, as_results, load_results, load_results_dir, parse_results  # noqa: F401
+from .results import SweepResults, as_results
 from .styles import colour, display_name, marker
 
 AXES = {"gflops": "GFLOPs per image, encoder + ranker (1 MAC = 2 FLOPs)",

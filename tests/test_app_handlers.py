@@ -344,7 +344,7 @@ def test_examples_gallery():
 
 def test_results_reader_is_the_engines(tmp_path):
     """One results schema: a file with a bad row is refused whole, the row named (the engine's
-    ``patchrank.figures`` reader), and the rest of the folder is still drawn."""
+    ``patchrank.results`` reader), and the rest of the folder is still drawn."""
     (tmp_path / "a.json").write_text(json.dumps({"rows": [
         {"method": "golden", "ratio": 0.5, "accuracy": 0.8, "gflops": 1.0},
         {"method": "golden", "ratio": "x", "accuracy": 0.8, "gflops": 1.0}]}))
