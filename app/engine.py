@@ -77,9 +77,6 @@ class ModelRegistry:
                 self._bundled = pr.load_model()
             return self._bundled
 
-    def is_loaded(self, key: str) -> bool:
-        return key == "bundled" and self._bundled is not None or key in self._others
-
     def get(self, key: str) -> pr.PatchModel:
         """A model already loaded (or the bundled one); KeyError if it was dropped."""
         if key == "bundled":
