@@ -39,8 +39,9 @@ def plain_block(blk) -> bool:
 def run_block(blk, h: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
     """One block: ``ResidualAttentionBlock.forward`` with the attention written as a QKV
     projection and ``F.scaled_dot_product_attention`` instead of ``nn.MultiheadAttention``'s fast
-    path (bmm + softmax + copies): same maths to ~1e-6, 15 % faster per block at the bundled
-    model's width on this CPU, as fast at ViT-B width. Other block types run as is.
+    path (bmm + softmax + copies): the same maths to ~1e-6 (tested), and fewer copies, which
+    matters most at small widths (``benchmarks/pruned_speed.py`` measures the whole forward).
+    Other block types run as is.
 
     ``cls_only``: the CLS output alone, [B,T,D] -> [B,1,D]. Every token still supplies keys and
     values, but the query, output projection and MLP run for one token instead of T: in the last

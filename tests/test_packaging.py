@@ -1,5 +1,6 @@
 """A real package: the wheel installs and works outside the checkout, with its bundled model;
 nothing on an import path of the library or the app is POSIX-only."""
+import pytest
 import ast
 import os
 import subprocess
@@ -7,7 +8,9 @@ import sys
 import time
 from pathlib import Path
 
-from tests.test_spaces import needs_git
+from tests.app.test_spaces import needs_git
+
+pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parent.parent
 

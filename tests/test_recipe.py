@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow
+
 ROOT = Path(__file__).resolve().parent.parent
 
 #: The README's recipe, verbatim ("photos/" and "runs/" are replaced by the test's folders).
@@ -96,7 +98,7 @@ def test_recipe_end_to_end(b32, hub, photos, tmp_path):
     assert [r["accuracy"] for r in res1["rows"]] == [r["accuracy"] for r in res["rows"]]
     assert np.isfinite([r["gflops"] for r in res1["rows"]]).all()
     # the paper's table on CoOp-layout datasets, split across the 2 processes
-    from tests.test_sweep import coop_root
+    from tests.patchrank.test_sweep import coop_root
     coop = coop_root(tmp_path / "coop")
     rep = _run(RECIPE[4], photos, runs, env, coop)
     assert set(rep["tables"]) == {"0.6"} and "| Ours (predictor) |" in rep["tables"]["0.6"]

@@ -21,6 +21,8 @@ import patchrank as pr
 from patchrank import metrics, store
 from patchrank.results import unpack_hits
 
+pytestmark = pytest.mark.shipped
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "assets" / "results" / "bundled.json"
 GOLDEN = ROOT / "assets" / "results" / "golden-eval"

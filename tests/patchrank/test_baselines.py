@@ -8,7 +8,7 @@ from patchrank import baselines as B
 from patchrank import forward, rankers
 from patchrank.errors import PatchRankError
 
-from .conftest import tiny_vit
+from tests.conftest import tiny_vit
 from patchrank import ordering
 
 SCORERS = [B.RandomRanker, B.AttentionRanker, B.NormRanker]

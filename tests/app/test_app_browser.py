@@ -28,8 +28,10 @@ import shutil
 import time
 from pathlib import Path
 
-from tests import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
+from tests.app import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
 import pytest
+
+pytestmark = pytest.mark.browser
 
 SCREENSHOT = S.REPO / "docs" / "screenshot.png"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

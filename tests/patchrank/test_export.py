@@ -11,7 +11,9 @@ from patchrank.cli import main
 from patchrank.errors import ModelMismatch, PatchRankError
 from patchrank.export import export_onnx
 
-from .conftest import tiny_vit
+from tests.conftest import tiny_vit
+
+pytestmark = pytest.mark.slow
 
 
 def _onnx_vs_eager(path, fast, x):

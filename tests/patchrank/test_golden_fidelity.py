@@ -18,6 +18,8 @@ from patchrank import forward, metrics
 from patchrank.golden import golden_ranking
 from patchrank.golden_scorer import Scorer as _Scorer
 
+pytestmark = pytest.mark.slow
+
 N_SCENES = 20      # float64 agreement
 N_SMALL = 6        # order invariances
 

@@ -14,10 +14,10 @@ from patchrank import predictor as P
 from patchrank import predictor_training as T
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
-from .conftest import tiny_vit
+from tests.conftest import tiny_vit
 from patchrank import ordering
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True, scope="module")

@@ -8,7 +8,7 @@ from patchrank import forward, rankers
 from patchrank.errors import PatchRankError
 from patchrank.golden import cells, golden_ranking
 
-from .conftest import tiny_vit
+from tests.conftest import tiny_vit
 
 CLASSES = ["cat", "dog", "car", "tree"]
 

@@ -1,6 +1,6 @@
 """The Explore tab's one state (``app.state``), without a server: every redraw is for one view,
 refusals clear what belonged to the old image or labels, and the numbers say what they mean."""
-from tests import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
+from tests.app import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
 import pytest
 
 from app import engine, handlers as H, state, store

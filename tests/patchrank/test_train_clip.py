@@ -7,7 +7,7 @@ import torch
 from patchrank import train_clip as T
 from patchrank import train_schedule as TS
 from patchrank.errors import PatchRankError
-from tests.test_scenes import needs_fmnist
+from tests.patchrank.test_scenes import needs_fmnist
 
 ONE = {"batch": 8, "steps": 4, "lr": 1e-3, "warmup": 2, "lr_floor": 1e-5, "weight_decay": 0.1,
        "grad_clip": 1.0, "seed": 0}

@@ -28,7 +28,9 @@ from patchrank.weights import canonical_tag
 from tests.hub_fixtures import B32_REPO, point_hub
 from tests.hub_standin import HubStandIn, closed_port, silent_endpoint
 
-ROOT = Path(__file__).resolve().parent.parent
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
 PRED_REPO = "USER/patchrank-vit-b-32-openai"
 FAST = 15.0          # seconds: the longest a load may take to say the weights cannot be had
 #: The README's real-CLIP command line, run here verbatim (with HF_ENDPOINT set).
@@ -214,7 +216,7 @@ def test_cli_failure_names_flags_not_python(fresh_home, monkeypatch, capsys):
 
 
 def test_app_switches_to_real_clip_and_keeps_it_on_failure(b32, hub, monkeypatch, tmp_path):
-    from tests import app_support  # noqa: F401  (the app's temp folder, before gradio loads)
+    from tests.app import app_support  # noqa: F401  (the app's temp folder, before gradio loads)
     from app import engine, handlers as H, store
     _, home, _ = b32
     monkeypatch.setattr(engine, "REGISTRY", engine.ModelRegistry())   # this test's models only

@@ -7,6 +7,8 @@ import pytest
 from patchrank.bundled import BUNDLED_DIR
 from patchrank.evaluation import evaluate_bundled
 
+pytestmark = pytest.mark.shipped
+
 SHIPPED = json.loads((Path(BUNDLED_DIR) / "eval_metrics.json").read_text())
 
 

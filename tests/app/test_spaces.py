@@ -11,7 +11,7 @@ import yaml
 
 from tests.test_readme import pin
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 #: The files open_clip 3.3.0 reads from a Hub repo: the weights (open_clip_model.safetensors,
 #: preferred over the .bin) and the config that `hf-hub:` names read.
 OPEN_CLIP_FILES = {open_clip.constants.HF_SAFE_WEIGHTS_NAME, open_clip.constants.HF_CONFIG_NAME}
@@ -66,7 +66,7 @@ def test_front_matter_matches_pins():
 
 
 def test_preload_names_open_clips_repos_and_only_the_files_it_reads():
-    from tests import app_support  # noqa: F401  (the app's temp folder, before gradio loads)
+    from tests.app import app_support  # noqa: F401  (the app's temp folder, before gradio loads)
     from app import engine
     want = {open_clip.get_pretrained_cfg(kw["name"], kw["pretrained"])["hf_hub"].rstrip("/")
             for _, kw in engine.MODEL_CHOICES.values() if kw.get("pretrained")}

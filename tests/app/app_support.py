@@ -21,7 +21,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("PATCHRANK_APP_TMP", tempfile.mkdtemp(prefix="patchrank-app-test-"))
 os.environ.setdefault("PATCHRANK_EXAMPLE_CACHE", "0")   # the background ranking: its own tests only
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 if str(REPO) not in sys.path:      # `import app` must find the app/ package at the repo root
     sys.path.insert(0, str(REPO))
 

@@ -8,7 +8,7 @@ from open_clip.zero_shot_classifier import build_zero_shot_classifier
 import patchrank as pr
 from patchrank.errors import ModelMismatch, PatchRankError
 
-from .conftest import tiny_vit
+from tests.conftest import tiny_vit
 
 
 @pytest.fixture(scope="module")
@@ -82,6 +82,7 @@ def test_open_clip_interface(bundled, eval_batch, pred):
     assert set(out) == {"image_features", "text_features", "logit_scale"} and out["text_features"] is None
 
 
+@pytest.mark.slow
 def test_open_clip_zero_shot_classifier_same_accuracy(bundled, eval_split, pred):
     """open_clip's build_zero_shot_classifier on the pruned model = PatchRank's own head, on the
     whole bundled evaluation split (1,200 scenes)."""
@@ -102,6 +103,7 @@ def test_open_clip_zero_shot_classifier_same_accuracy(bundled, eval_split, pred)
     assert acc_ours > 0.8              # the pruned bundled model still classifies (model card: ~91 %)
 
 
+@pytest.mark.slow
 def test_torch_compile(bundled, eval_batch, pred):
     x, _ = eval_batch
     fast = pr.prune(bundled.clip, 0.6, pred)

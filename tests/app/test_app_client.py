@@ -2,11 +2,13 @@
 import json
 from pathlib import Path
 
-from tests import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
+from tests.app import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
 import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 from PIL import Image
+
+pytestmark = pytest.mark.slow
 
 LABELS = "top, sandal, bag, sneaker"
 ENDPOINTS = {"/analyze", "/set_ratio", "/threshold", "/prune", "/curve", "/export", "/views",

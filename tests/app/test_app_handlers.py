@@ -2,7 +2,7 @@
 import json
 from pathlib import Path
 
-from tests import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
+from tests.app import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
 import gradio as gr
 import numpy as np
 import open_clip

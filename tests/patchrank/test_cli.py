@@ -12,7 +12,7 @@ import pytest
 from patchrank import __version__, cli
 from patchrank.cli import measure
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 #: One usage error per subcommand (argparse refuses it before anything runs: exit 2).
 BAD_USAGE = {
@@ -84,6 +84,7 @@ def test_one_name_and_one_default_per_shared_option():
         if next(c for c in cli.COMMANDS if c.name == n).shared is not None)    # figures, publish: none
 
 
+@pytest.mark.slow
 def test_version(capsys):
     assert cli.main(["--version"]) == 0
     assert capsys.readouterr().out.strip() == f"patchrank {__version__}"

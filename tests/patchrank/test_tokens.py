@@ -12,7 +12,7 @@ from patchrank import token_training as TT
 from patchrank import tokens as T
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 
-from .conftest import tiny_vit
+from tests.conftest import tiny_vit
 
 
 def _images(m, n, seed=0):

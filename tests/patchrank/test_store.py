@@ -19,7 +19,7 @@ from patchrank.data.datasets import open_dataset
 from patchrank.data.images import load_image
 from patchrank.errors import PatchRankError
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SETTINGS = {"score": "similarity", "step": 10, "block": 1}
 
 
@@ -228,6 +228,7 @@ def clean_run(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_kill9_then_resume_equals_clean_run(tmp_path, clean_run, capsys):
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "patchrank", "golden", "--out", str(out), *ARGS]
@@ -256,6 +257,7 @@ def test_kill9_then_resume_equals_clean_run(tmp_path, clean_run, capsys):
     assert "other settings (stop_at: 0.95 -> 0.8)" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_torchrun_two_processes_equal_one(tmp_path, clean_run):
     out = tmp_path / "dist"
     torchrun = str(Path(sys.executable).with_name("torchrun"))
@@ -269,6 +271,7 @@ def test_torchrun_two_processes_equal_one(tmp_path, clean_run):
     _same(out, clean_run)
 
 
+@pytest.mark.slow
 def test_torchrun_rank_failure_stops_every_process_with_the_file_named(tmp_path):
     """One rank meets an unreadable image: the job ends (no rank left waiting at a collective)
     with a non-zero exit and the file named."""

@@ -17,7 +17,7 @@ from patchrank.data.images import load_image
 from patchrank.embed import embed_images, list_images
 from patchrank.errors import PatchRankError
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -117,6 +117,7 @@ def _slow_model_dir(tmp: Path) -> Path:
     return d
 
 
+@pytest.mark.slow
 def test_killed_run_resumes(folder, tmp_path):
     """SIGKILL mid-run, rerun the same command: it resumes (not from 0) and the result equals an
     uninterrupted run, row for row."""

@@ -11,9 +11,11 @@ import statistics
 import threading
 import time
 
-from tests import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
+from tests.app import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
 import pytest
 from gradio_client import Client, handle_file
+
+pytestmark = pytest.mark.load
 
 USERS = 20
 SECONDS = float(os.environ.get("PATCHRANK_LOAD_SECONDS", "60"))

@@ -16,7 +16,7 @@ import json
 import threading
 import time
 
-from tests import app_support as S  # noqa: F401  (the app's temp folder, before gradio loads)
+from tests.app import app_support as S  # noqa: F401  (the app's temp folder, before gradio loads)
 import gradio as gr
 import pytest
 
@@ -26,6 +26,8 @@ from tests.conftest import tiny_vit
 from tests.hub_fixtures import point_hub
 
 from app import engine, example_cache, handlers as H, predictors as P, render, scene_note, state, store
+
+pytestmark = pytest.mark.slow
 
 REPO = "USER/patchrank-app-b32"
 EXAMPLES = [str(p) for p in sorted((S.REPO / "assets" / "examples").glob("*.jpg"))]
@@ -274,7 +276,7 @@ def test_client_note_switch_list_and_choose(served):
 # -- one page load in a real browser ------------------------------------------------------------------
 def test_browser_photo_shows_note_and_switch_button(tmp_path, monkeypatch):
     """Upload a photo on the bundled model: the note and the switch button appear."""
-    from tests.test_app_browser import ARGS, _browser_or_skip
+    from tests.app.test_app_browser import ARGS, _browser_or_skip
     chromium, sync_playwright = _browser_or_skip()
     S.fast_golden(monkeypatch)
     with S.running_app(golden_mode="fast") as url, sync_playwright() as p:
