@@ -51,15 +51,15 @@ RATIOS = (0.6, 0.4)
 REFERENCE = "greedy-s10"
 PAIRED = "oneshot"      # rows run on fewer images also report this variant on the same images
 VARIANTS = {
-    "greedy-s10": {"step": 10},
-    "greedy-s5": {"step": 5},
-    "greedy-s2": {"step": 2},
-    "greedy-s1": {"step": 1},
-    "lazy-s1": {"step": 1, "lazy": True},
+    "greedy-s10": {"mode": "greedy", "step": 10},
+    "greedy-s5": {"mode": "greedy", "step": 5},
+    "greedy-s2": {"mode": "greedy", "step": 2},
+    "greedy-s1": {"mode": "greedy", "step": 1},
+    "lazy-s1": {"mode": "greedy", "step": 1, "lazy": True},
     "oneshot": {"mode": "oneshot"},
     "oneshot-b2": {"mode": "oneshot", "block": 2},
-    "greedy-s10-label": {"step": 10, "score": "label"},
-    "greedy-s10-max": {"step": 10, "score": "max"},
+    "greedy-s10-label": {"mode": "greedy", "step": 10, "score": "label"},
+    "greedy-s10-max": {"mode": "greedy", "step": 10, "score": "max"},
     "c2f-s10": {"mode": "c2f", "step": 10},
 }
 # cheapest first, so a short --time-budget still covers many variants per image
