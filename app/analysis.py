@@ -31,7 +31,7 @@ import app.plots as plots
 import app.render as render
 from .inputs import InputError, check_choice, check_ratio, load_image, parse_labels
 from .progress import Progress, reporter, with_eta
-from .store import LRU, session as get_session
+from .sessions import LRU, session as get_session
 
 #: Finished analyses shared by all sessions (same model + predictor + image + golden mode).
 ANALYSES: LRU = LRU(24)

@@ -18,7 +18,7 @@ from .analysis import current, reanalyze
 from .outputs import OPACITY_KEYS, REANALYSIS_KEYS, pack, sid as _sid
 from .panels import patch_ranks, status_md
 from .settings import set_golden_target, set_layer, set_opacity
-from .store import session as get_session
+from .sessions import session as get_session
 
 
 def on_layer(layer, golden_mode, ratio, left, right, labels, use_tokens, request: gr.Request,

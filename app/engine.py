@@ -23,7 +23,7 @@ from patchrank import ordering
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 from patchrank.timing import interleaved
 
-from .store import LRU
+from .sessions import LRU
 
 ON_SPACES = bool(os.environ.get("SPACE_ID"))
 

@@ -26,7 +26,7 @@ from .analysis import current, default_golden_mode, model_for
 from .outputs import FILES, IMAGE_KEYS, MODEL_KEYS, RANKER_KEYS, pack, sid as _sid
 from .panels import analyze_views, threshold, views
 from .pruning import prune
-from .store import session as get_session
+from .sessions import session as get_session
 
 
 # -- the Explore tab's own listeners (private) ----------------------------------------------------

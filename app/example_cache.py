@@ -68,7 +68,7 @@ def lookup(m, x, mode: str, target: dict | None = None) -> np.ndarray | None:
     return order.astype(np.int64) if ok else None
 
 
-def store(m, x, mode: str, order: np.ndarray) -> None:
+def save(m, x, mode: str, order: np.ndarray) -> None:
     """Write atomically (a reader never sees half a file)."""
     with atomic_path(folder() / f"{key(m, x, mode)}.npy") as tmp:
         np.save(tmp, np.asarray(order, dtype=np.int64), allow_pickle=False)
@@ -161,7 +161,7 @@ class Warmer:
                 x = m.preprocess(img).unsqueeze(0)
                 if lookup(m, x, mode) is None:
                     pause()
-                    store(m, x, mode, engine.golden_order(m, x, mode, progress=pause))
+                    save(m, x, mode, engine.golden_order(m, x, mode, progress=pause))
                 self.done.append(path)
             except _Stopped:
                 return

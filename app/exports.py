@@ -22,7 +22,7 @@ from .analysis import RANKER_VALUES, Analysis, checked, class_labels, current
 from .panels import heat_panel, mask_panel
 from .paths import app_tmp
 from .progress import Progress
-from .store import session as get_session
+from .sessions import session as get_session
 
 MAX_EXPORT_DIRS = 64
 

@@ -1,7 +1,7 @@
 """The app's plain functions in one namespace, for scripts and tests that drive the app without a
 server (``benchmarks/app_latency.py``, the Hub tests): images, numbers and strings in; PIL
 images, dicts and markdown out. Every function takes ``session``, an id for the per-session
-state in ``app.store``.
+state in ``app.sessions``.
 
 Nothing in the app imports this module: each function lives in the module of its concern
 (``analysis``, ``panels``, ``pruning``, ``models``, ``predictors``, ``examples``), and this one
@@ -15,7 +15,7 @@ from .panels import analyze_views, golden_title, golden_views, patch_ranks, stat
 from .paths import app_tmp
 from .predictors import upload_predictor
 from .pruning import prune
-from .store import session as get_session
+from .sessions import session as get_session
 
 __all__ = ["ANALYSES", "RANKER_VALUES", "Analysis", "analyze", "default_golden_mode",
            "ensure_golden", "golden_pending", "ranker_choices", "reanalyze", "EXAMPLES_DIR",

@@ -18,7 +18,7 @@ from .analysis import default_golden_mode, fail, model_for, predictor_for
 from .examples import example_files
 from .inputs import InputError, check_choice
 from .progress import Progress, downloaded_mb, downloads_shown, reporter
-from .store import session as get_session
+from .sessions import session as get_session
 
 
 def load_model(choice: str, arch: str = "", path: str = "", *, session: str | None = None,

@@ -23,7 +23,7 @@ import app.engine as engine
 from .analysis import fail, model_for
 from .inputs import InputError, file_path
 from .progress import Progress, downloads_shown, reporter
-from .store import MAX_PREDICTORS_PER_SESSION, session as get_session
+from .sessions import MAX_PREDICTORS_PER_SESSION, session as get_session
 
 #: The shipped list (repository-only: the app runs from the repository or a Space).
 LIST_FILE = Path(__file__).resolve().parent.parent / "assets" / "predictors.json"

@@ -14,7 +14,7 @@ from patchrank.errors import PatchRankError
 
 import app.engine as engine
 from .analysis import model_for
-from .store import session as get_session
+from .sessions import session as get_session
 
 
 def set_layer(layer: Any, session: str | None) -> int:

@@ -30,7 +30,7 @@ from .inputs import MAX_RATIO, MIN_RATIO, InputError, parse_labels
 from .panels import agreement_md, heat_panel, mask_panel, status_md
 from .progress import Progress
 from .pruning import prune
-from .store import session as get_session
+from .sessions import session as get_session
 
 #: Every output a new image (or a refused or removed one) replaces, in ``app.ui``'s order.
 RESULT_KEYS = ("heat_l", "heat_r", "mask_l", "mask_r", "agreement", "top_full", "top_l",

@@ -32,7 +32,7 @@ import app.engine as engine
 import app.plots as plots
 from .analysis import fail, model_for, predictor_for
 from .progress import Progress, reporter
-from .store import session as get_session
+from .sessions import session as get_session
 
 RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "results"
 MAX_SWEEP_IMAGES = 2000

@@ -66,13 +66,13 @@ def use_model(name: str, sid: str):
     """Make ``name`` the session's model: the bundled one, or an open_clip architecture with
     random-init weights (``pr.load_model(name)``: no download; same cost as the real weights)."""
     import patchrank as pr
-    from app import engine, store
+    from app import engine, sessions
     if name == "bundled":
         m = engine.REGISTRY.bundled()
     else:
         m = pr.load_model(name)
         engine.REGISTRY._others.put(name, m)
-    store.session(sid).model_key = name
+    sessions.session(sid).model_key = name
     return m
 
 
@@ -127,7 +127,7 @@ def cached_example(m, image: str, mode: str, sid: str, left: str, right: str) ->
     x = m.preprocess(inputs.load_image(image)[0]).unsqueeze(0)
     if example_cache.lookup(m, x, mode) is None:
         from app import engine
-        example_cache.store(m, x, mode, engine.golden_order(m, x, mode))
+        example_cache.save(m, x, mode, engine.golden_order(m, x, mode))
     H.ANALYSES.clear()
     t = time.perf_counter()
     H.analyze_views(image, mode, 0.5, left, right, session=sid)

@@ -21,7 +21,7 @@ order, tau, IoU) since lazy re-scoring is exact only if scores never rise as pat
 Reference rows: no pruning, and random keep sets (seed 0).
 
 Resumable and runnable in pieces: each variant's rankings go to ``OUT/<variant>/`` through
-``patchrank.store`` (append-only, settings-checked), timings to ``timing.jsonl`` beside them;
+``patchrank.rankings`` (append-only, settings-checked), timings to ``timing.jsonl`` beside them;
 a rerun skips finished images, ``--time-budget`` stops cleanly, ``--report-only`` just reports.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 import patchrank as pr  # noqa: E402
-from patchrank import metrics, store  # noqa: E402
+from patchrank import metrics, rankings  # noqa: E402
 from patchrank.data.datasets import open_dataset  # noqa: E402
 from patchrank.golden import golden_ranking, golden_settings  # noqa: E402
 from patchrank.stats import wilson_interval  # noqa: E402
@@ -97,9 +97,9 @@ def compute(m, ds, out: Path, names: list[str], n: int, budget_s: float | None,
         kw = dict(VARIANTS[name], stop_at=STOP)
         settings = golden_settings(m, **kw)
         d = out / name
-        store.prepare(d, m.model_id, settings, grid=m.grid, data=ds.spec)
-        done[name] = store.done_ids(d)
-        writers[name] = store.ShardWriter(d, rank=shard[0])
+        rankings.prepare(d, m.model_id, settings, grid=m.grid, data=ds.spec)
+        done[name] = rankings.done_ids(d)
+        writers[name] = rankings.ShardWriter(d, rank=shard[0])
     try:
         for i in range(shard[0], n, shard[1]):
             iid = ds.ids[i]
@@ -159,8 +159,8 @@ def _load_orders(m, out: Path, names: list[str]) -> dict[str, dict]:
     orders = {}
     for name in names:
         d = out / name
-        if (d / "meta.json").exists() and store.read_meta(d)["model_id"] == m.model_id:
-            orders[name] = store.load_rankings(d)[1]
+        if (d / "meta.json").exists() and rankings.read_meta(d)["model_id"] == m.model_id:
+            orders[name] = rankings.load_rankings(d)[1]
     return orders
 
 

@@ -23,7 +23,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 import torch  # noqa: E402
 
 import patchrank as pr  # noqa: E402
-from patchrank import metrics, store  # noqa: E402
+from patchrank import metrics, rankings  # noqa: E402
 from patchrank.data.datasets import open_dataset  # noqa: E402
 from patchrank.figures import grid_table  # noqa: E402
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
     if bad:
         ap.error(f"--predictor takes LABEL=PATH, got {bad[0]!r}")
     predictors = dict(p.split("=", 1) for p in a.predictor)
-    meta, golden = store.load_rankings(a.rankings)
+    meta, golden = rankings.load_rankings(a.rankings)
     m = pr.load_model(a.model)
     if meta["model_id"] != m.model_id:
         raise SystemExit(f"{a.rankings} was made for {meta['model_id']}, not {m.model_id}")

@@ -1,7 +1,7 @@
 """Golden rankings of a dataset into a ranking folder (``python -m patchrank golden``).
 
 The search itself is ``golden``'s; this is the job around it: iterating a dataset, appending each
-image's ranking to the folder (``store``), resuming, splitting the images across ``torchrun``
+image's ranking to the folder (``rankings``), resuming, splitting the images across ``torchrun``
 processes and the progress bar.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from .distributed import group, on_rank0, rank_world
 from .errors import PatchRankError
 from .golden import SEARCH, golden_ranking, golden_settings
 from .progress import bar as progress_bar
-from .store import ShardWriter, done_ids, prepare, settings_hash
+from .rankings import ShardWriter, done_ids, prepare, settings_hash
 
 
 def rank_dataset(m, ds, out, *, score: str = SEARCH.score, step: int = SEARCH.step,
@@ -25,7 +25,7 @@ def rank_dataset(m, ds, out, *, score: str = SEARCH.score, step: int = SEARCH.st
                  mode: str = SEARCH.mode, lazy: bool = SEARCH.lazy, dtype: torch.dtype | None = None,
                  limit: int | None = None, batch_budget_mb: float = SEARCH.batch_budget_mb,
                  progress: bool = True) -> dict:
-    """Golden rankings of ``ds`` (``data.datasets``) into the ranking folder ``out`` (``store``).
+    """Golden rankings of ``ds`` (``data.datasets``) into the ranking folder ``out`` (``rankings``).
 
     Resumable: ids already in ``out`` are skipped. Under ``torchrun`` (WORLD_SIZE > 1, process
     group already initialised) the remaining ids are split round-robin across ranks; each image's

@@ -1,6 +1,6 @@
 """Append-only JSON-lines files that survive ``kill -9``: one writer path, one reader path.
 
-Used by the golden ranking shards (``store``) and the sweep's cell file (``sweep``). A record is
+Used by the golden ranking shards (``rankings``) and the sweep's cell file (``sweep``). A record is
 one line, written whole, flushed and fsynced before the next; a killed writer leaves at most a
 partial last line, which readers skip and the next writer truncates before appending.
 

@@ -348,7 +348,7 @@ def train_predictor(m, dataset, rankings, *, loss: str = TRAINING.loss,
 
     ``dataset``: ``.ids`` (image ids) and ``.image(i)`` (the i-th image: PIL, or a preprocessed
     tensor), e.g. ``patchrank.data.datasets.open_dataset(spec)``. ``rankings``: {image_id: order
-    LongTensor[P]} or ``(meta, {...})`` as ``patchrank.store.load_rankings`` returns; a meta
+    LongTensor[P]} or ``(meta, {...})`` as ``patchrank.rankings.load_rankings`` returns; a meta
     ``model_id`` other than ``m.model_id`` is refused. Tokens at the prune layer are computed once per
     image (frozen backbone) and cached in memory as ``cache_dtype``. See ``train_on_features``;
     data-parallel under torchrun (module docstring), every rank returns the same predictor."""

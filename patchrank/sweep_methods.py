@@ -24,7 +24,7 @@ from . import rankers
 from .errors import ModelMismatch, PatchRankError, WeightsUnavailable
 from .golden import search_gflops
 from .predictor import load_predictor
-from .store import load_rankings
+from .rankings import load_rankings
 from .tokens import load_tokens
 
 TOKENS_SUFFIX = "+tokens"

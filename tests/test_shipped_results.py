@@ -18,7 +18,7 @@ import pytest
 import torch
 
 import patchrank as pr
-from patchrank import metrics, store
+from patchrank import metrics, rankings
 from patchrank.results import unpack_hits
 
 pytestmark = pytest.mark.shipped
@@ -77,7 +77,7 @@ def test_shipped_golden_predictor_baselines_order(shipped, ratio):
 @pytest.fixture(scope="module")
 def recomputed(bundled):
     """Per-image correctness on the first SUBSET scenes, recomputed from the shipped files."""
-    meta, golden = store.load_rankings(GOLDEN)
+    meta, golden = rankings.load_rankings(GOLDEN)
     assert meta["model_id"] == bundled.model_id and meta["data"] == "bundled-eval"
     ds = pr.bundled_eval(SUBSET)
     x = torch.stack([bundled.preprocess(im) for im in ds.images])

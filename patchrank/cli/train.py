@@ -106,11 +106,11 @@ def add_train_predictor(p: argparse.ArgumentParser) -> None:
 
 
 def run_train_predictor(a: argparse.Namespace) -> dict:
-    from .. import store
+    from .. import rankings
     from ..data.datasets import open_dataset
     from ..errors import PatchRankError
     from ..predictor_training import train_predictor
-    meta, ranks = store.load_rankings(a.rankings)
+    meta, ranks = rankings.load_rankings(a.rankings)
     data = a.data or meta.get("data")
     if not data:
         raise PatchRankError(f"{a.rankings} does not record its dataset; give --data")

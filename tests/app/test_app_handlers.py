@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 import patchrank as pr
-from app import curve as C, engine, exports as X, handlers as H, inputs, render, store, tradeoffs as T
+from app import curve as C, engine, exports as X, handlers as H, inputs, render, sessions, tradeoffs as T
 
 LEFT, RIGHT = "golden", "attention"
 
@@ -26,7 +26,7 @@ def analysed(monkeypatch):
     S.fast_golden(monkeypatch)
     H.ANALYSES.clear()
     sid = "test-analysed"
-    store.session(sid).model_key = "bundled"
+    sessions.session(sid).model_key = "bundled"
     out = H.analyze_views(str(S.EXAMPLE), "exact", 0.5, LEFT, RIGHT, session=sid)
     return sid, out
 
@@ -115,7 +115,7 @@ def test_analyze_views_outputs(analysed):
         assert isinstance(im, Image.Image) and im.width >= 14 * 16
     assert "Kendall tau" in agree and "IoU" in agree
     assert "bundled" in status
-    a = store.session(sid).analysis
+    a = sessions.session(sid).analysis
     for name in ("golden", "attention", "norm", "random"):
         order = a.orders[name]
         assert sorted(order.tolist()) == list(range(196))
@@ -143,11 +143,11 @@ def test_prune_top5_and_costs(analysed):
                                     session=sid)
     for d in (full, left, right):
         assert 1 <= len(d) <= 5 and all(0 <= v <= 1 for v in d.values())
-    assert abs(sum(engine.probs(store.session(sid).analysis.model, ["a", "b"],
-                                  store.session(sid).analysis.full_emb)[0]) - 1) < 1e-4
+    assert abs(sum(engine.probs(sessions.session(sid).analysis.model, ["a", "b"],
+                                  sessions.session(sid).analysis.full_emb)[0]) - 1) < 1e-4
     assert "GFLOPs" in md and "Latency" in md and "59 of 196" in md
     # equal cost means all cost: each ranker's own work is added to the pruned encoder's
-    m = store.session(sid).analysis.model
+    m = sessions.session(sid).analysis.model
     enc = float(pr.flops(m, keep=59))
     from patchrank import rankers
     att = enc + rankers.ranker_gflops(m, "attention")
@@ -160,7 +160,7 @@ def test_curve_and_flip(analysed):
     fig, md = C.curve("top, sandal, bag", session=sid)
     names = {t.name for t in fig.data}
     assert {"golden (one-shot leave-one-out)", "CLS attention", "token norm (high first)", "random"} <= names
-    d = C.curve_data(store.session(sid).analysis, ["top", "sandal", "bag"])
+    d = C.curve_data(sessions.session(sid).analysis, ["top", "sandal", "bag"])
     for row in d["rankers"].values():
         assert len(row["prob"]) == len(d["ratios"])
         assert row["flip"] is None or 0 < row["flip"] < 1
@@ -208,7 +208,7 @@ def test_errors_are_clear(analysed, odd):
     with pytest.raises(gr.Error, match="No image analysed"):
         H.threshold(0.5, LEFT, RIGHT, session="never-analysed")
     # the session's earlier analysis survives a refused input
-    assert store.session(sid).analysis is not None
+    assert sessions.session(sid).analysis is not None
     H.threshold(0.5, LEFT, RIGHT, session=sid)
 
 
@@ -230,7 +230,7 @@ def test_predictor_missing_then_uploaded(monkeypatch, tmp_path, tiny):
     sid = "test-predictor"
     m = engine.REGISTRY.bundled()
     out = H.analyze_views(str(S.EXAMPLE), "exact", 0.5, "golden", "predictor", session=sid)
-    a = store.session(sid).analysis
+    a = sessions.session(sid).analysis
     if "predictor" in a.missing:                   # no shipped predictor for this model (yet)
         assert "No predictor for this model" in out[5]
     from patchrank.predictor import Predictor
@@ -249,14 +249,14 @@ def test_predictor_missing_then_uploaded(monkeypatch, tmp_path, tiny):
     msg = H.upload_predictor(str(mine), session=sid)
     assert "Predictor loaded" in msg
     H.analyze_views(str(S.EXAMPLE), "exact", 0.5, "golden", "predictor", session=sid)
-    a = store.session(sid).analysis
+    a = sessions.session(sid).analysis
     assert sorted(a.orders["predictor"].tolist()) == list(range(196))
     assert a.predictor_source == "mine.safetensors"
 
 
 def test_failed_model_load_keeps_current():
     sid = "test-models"
-    store.session(sid).model_key = "bundled"
+    sessions.session(sid).model_key = "bundled"
     msg, labels, value = H.load_model("ViT-B-32/openai", session=sid)     # offline: no weights
     assert "Could not load" in msg and "stays in use" in msg and labels is None and value == "bundled"
     assert "local checkpoint" in msg and "load_model(" not in msg     # user's words and route
@@ -266,7 +266,7 @@ def test_failed_model_load_keeps_current():
     assert "could not be read as ViT-B-16 weights" in msg and value == "local"
     msg, labels, value = H.load_model("local", "", "", session=sid)
     assert "Could not load" in msg
-    assert store.session(sid).model_key == "bundled"
+    assert sessions.session(sid).model_key == "bundled"
     msg, labels, value = H.load_model("bundled", session=sid)
     assert "Loaded" in msg and "sandal" in labels
 
@@ -288,13 +288,13 @@ def test_imagenet_label_preset(monkeypatch):
     from tests.conftest import tiny_vit
     S.fast_golden(monkeypatch)
     real = tiny_vit(context_length=77)
-    monkeypatch.setattr(engine.REGISTRY, "_others", store.LRU(2))
+    monkeypatch.setattr(engine.REGISTRY, "_others", sessions.LRU(2))
     engine.REGISTRY._others.put("ViT-B-32/openai", real)
     sid = "test-imagenet"
-    store.session(sid).model_key = "bundled"
+    sessions.session(sid).model_key = "bundled"
     bundled_text = H.label_preset("imagenet", session=sid)
     assert bundled_text == ", ".join(engine.REGISTRY.bundled().classnames)   # keeps its own classes
-    store.session(sid).model_key = "ViT-B-32/openai"
+    sessions.session(sid).model_key = "ViT-B-32/openai"
     text = H.label_preset("imagenet", session=sid)
     names = inputs.parse_labels(text, presets=[engine.IMAGENET_LABELS])
     assert len(names) == len(set(open_clip.IMAGENET_CLASSNAMES)) == 998 and names[0] == "tench"
@@ -306,7 +306,7 @@ def test_imagenet_label_preset(monkeypatch):
     assert H.label_preset("everyday", session=sid).startswith("cat, dog")
     with pytest.raises(gr.Error, match="Unknown label set"):
         H.label_preset("everything", session=sid)
-    assert store.session(sid).label_preset == "everyday"
+    assert sessions.session(sid).label_preset == "everyday"
 
 
 # -- trade-off tab ----------------------------------------------------------------------------------
@@ -324,9 +324,9 @@ def test_tradeoff_placeholder_and_figures(tmp_path):
 
 # -- bounded memory, examples -------------------------------------------------------------------
 def test_sessions_bounded():
-    for i in range(store.MAX_SESSIONS + 20):
-        store.session(f"flood-{i}")
-    assert len(store.SESSIONS) <= store.MAX_SESSIONS
+    for i in range(sessions.MAX_SESSIONS + 20):
+        sessions.session(f"flood-{i}")
+    assert len(sessions.SESSIONS) <= sessions.MAX_SESSIONS
 
 
 def test_examples_gallery():
@@ -384,7 +384,7 @@ def test_prune_with_learnable_tokens(analysed, monkeypatch):
     *_, md = H.prune(0.5, LEFT, RIGHT, labels, True, session=sid)
     assert "No learnable tokens for this model" in md
     from patchrank.tokens import LearnableTokens
-    m = store.session(sid).analysis.model
+    m = sessions.session(sid).analysis.model
     tok = LearnableTokens.for_model(m, num_visual=2)
     monkeypatch.setattr(engine, "bundled_tokens", lambda m: (tok, ""))
     full, left, right, md = H.prune(0.5, LEFT, RIGHT, labels, True, session=sid)
@@ -399,10 +399,10 @@ def test_other_model_geometry(tiny):
     """A non-bundled model (4x4 grid, no class names, no predictor) goes through every view."""
     engine.REGISTRY._others.put("tiny-test", tiny)
     sid = "test-tiny"
-    store.session(sid).model_key = "tiny-test"
+    sessions.session(sid).model_key = "tiny-test"
     H.ANALYSES.clear()
     out = H.analyze_views(str(S.EXAMPLE), "fast", 0.5, "golden", "predictor", session=sid)
-    a = store.session(sid).analysis
+    a = sessions.session(sid).analysis
     assert a.grid == (4, 4) and sorted(a.orders["golden"].tolist()) == list(range(16))
     assert "predictor" in a.missing and "No predictor for this model" in out[5]
     assert out[0].width == 4 * render.cell_size((4, 4))
@@ -412,11 +412,11 @@ def test_other_model_geometry(tiny):
                                     session=sid)
     assert len(full) == 5 and "4 of 16" in md
     C.curve("cat, dog", session=sid)
-    store.session(sid).model_key = "bundled"
+    sessions.session(sid).model_key = "bundled"
 
 
 def test_default_golden_mode_per_model(tiny):
     assert H.default_golden_mode("test-mode-bundled") == "exact"       # small bundled model
     engine.REGISTRY._others.put("tiny-test", tiny)
-    store.session("test-mode-tiny").model_key = "tiny-test"
+    sessions.session("test-mode-tiny").model_key = "tiny-test"
     assert H.default_golden_mode("test-mode-tiny") == "exact"          # tiny: cheap either way

@@ -25,7 +25,7 @@ from patchrank import predictor_list, scene_check
 from tests.conftest import tiny_vit
 from tests.hub_fixtures import point_hub
 
-from app import engine, example_cache, handlers as H, predictors as P, render, scene_note, state, store
+from app import engine, example_cache, handlers as H, predictors as P, render, scene_note, state, sessions
 
 pytestmark = pytest.mark.slow
 
@@ -93,7 +93,7 @@ def test_listed_predictor_loads_from_the_hub_and_failures_keep_it(on_b32, listed
     assert menu["value"] is None                                       # no predictor for it yet
     assert "Predictor" in P.choose(f"hf-hub:{REPO}", session=sid)
     H.analyze_views(str(S.EXAMPLE), "fast", 0.5, "golden", "predictor", session=sid)
-    a = store.session(sid).analysis
+    a = sessions.session(sid).analysis
     assert sorted(a.orders["predictor"].tolist()) == list(range(49))
     assert "**Predictor** listed hf-hub:" in H.status_md(a) and P.menu_update(sid)["value"] == f"hf-hub:{REPO}"
     for source, words in ((other, "can't be used with ViT-B-32"),
@@ -138,7 +138,7 @@ def test_real_clip_golden_reports_time_left_in_both_modes(b32, monkeypatch):
     monkeypatch.setattr(engine, "REGISTRY", engine.ModelRegistry())
     engine.REGISTRY._others.put("ViT-B-32/openai", b32[0])
     sid = "realclip-eta"
-    store.session(sid).model_key = "ViT-B-32/openai"
+    sessions.session(sid).model_key = "ViT-B-32/openai"
     for mode in ("exact", "fast"):
         H.ANALYSES.clear()
         calls = []
@@ -163,7 +163,7 @@ def test_scene_check_separates_the_scenes_from_the_example_photos(bundled):
 def test_photo_gets_note_and_switch_scene_does_not(monkeypatch):
     S.fast_golden(monkeypatch)
     sid = "realclip-note"
-    store.session(sid).model_key = "bundled"
+    sessions.session(sid).model_key = "bundled"
     view = state.View(0.5, "golden", "attention", "top, bag", False)
     first = next(state.image_stream(str(S.EXAMPLE), "exact", view, session=sid))
     assert first["scene_box"] is True and "six" not in first["scene_note"]
@@ -184,7 +184,7 @@ def test_switch_button_is_the_model_menus_switch(b32, hub, monkeypatch):
     point_hub(monkeypatch, hub.url, b32[1])
     S.fast_golden(monkeypatch)
     sid = "realclip-switch"
-    store.session(sid).model_key = "bundled"
+    sessions.session(sid).model_key = "bundled"
     req = type("Req", (), {"session_hash": sid})()
     from app import events as E
     stream = E.on_real_clip("", "", str(S.EXAMPLE), "fast", 0.5, "golden", "attention",
@@ -193,7 +193,7 @@ def test_switch_button_is_the_model_menus_switch(b32, hub, monkeypatch):
     stream.close()
     keys = E.MODEL_KEYS + E.IMAGE_KEYS
     states = [dict(zip(keys, o)) for o in outs]
-    assert store.session(sid).model_key == "ViT-B-32/openai" and states[0]["model"] == "ViT-B-32/openai"
+    assert sessions.session(sid).model_key == "ViT-B-32/openai" and states[0]["model"] == "ViT-B-32/openai"
     assert gr.update(visible=False) in [st["scene_box"] for st in states]     # the note goes
     assert "ViT-B-32/openai" in states[1]["status"]
 
@@ -207,7 +207,7 @@ def test_examples_ranked_in_background_and_found_on_disk(bundled, monkeypatch):
     monkeypatch.setattr(engine, "golden_order", lambda *a, **k: pytest.fail("searched again"))
     H.ANALYSES.clear()
     sid = "realclip-cache"
-    store.session(sid).model_key = "bundled"
+    sessions.session(sid).model_key = "bundled"
     a = H.analyze(EXAMPLES[1], "fast", session=sid)                 # from the disk: no search
     assert sorted(a.orders["golden"].tolist()) == list(range(196))
     x = a.x

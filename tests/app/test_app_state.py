@@ -3,7 +3,7 @@ refusals clear what belonged to the old image or labels, and the numbers say wha
 from tests.app import app_support as S  # noqa: F401  (sets the app temp folder before gradio loads)
 import pytest
 
-from app import engine, handlers as H, state, store
+from app import engine, handlers as H, state, sessions
 from app.state import SKIP, Out, View
 
 LABELS = "top, pair of trousers, sandal, sneaker, bag, ankle boot"
@@ -14,7 +14,7 @@ def sid(monkeypatch):
     S.fast_golden(monkeypatch)
     H.ANALYSES.clear()
     sid = "test-state"
-    s = store.session(sid)
+    s = sessions.session(sid)
     s.model_key, s.analysis, s.view = "bundled", None, None
     return sid
 
@@ -42,7 +42,7 @@ def test_ratio_redraw_covers_masks_top5_and_costs(sid):
     for key in ("mask_l", "mask_r", "top_l", "top_r"):
         assert "0.20" in d[key].label, key
     assert "Keep ratio 0.20**: 39 of 196" in d["agreement"] and "Kept tokens** 39 of 196" in d["cost"]
-    assert store.session(sid).view.ratio == 0.2
+    assert sessions.session(sid).view.ratio == 0.2
 
 
 def test_refused_image_clears_everything_and_stops_redraws(sid, tmp_path):
@@ -79,7 +79,7 @@ def test_mergers_are_drawn_or_not_offered(sid):
     _stream(sid, str(S.EXAMPLE), View(0.5, "golden", "attention+fuse", LABELS))
     d = state.draw(sid, view=View(0.5, "golden", "attention+fuse", LABELS))
     assert isinstance(d["mask_r"], Out) and d["mask_r"].label.startswith("Right: EViT")
-    a = store.session(sid).analysis
+    a = sessions.session(sid).analysis
     assert "attention+fuse" in a.merger_orders and "Kendall tau" in d["agreement"]
     assert d["top_r"].value                                  # EViT's pruned top-5 is computed
 
@@ -91,15 +91,15 @@ def test_number_box_transients_are_not_ratios():
 
 def test_prune_layer_reanalyses_and_the_predictor_stays_at_its_own_block(sid):
     _stream(sid, str(S.EXAMPLE), View(0.5, "golden", "predictor", LABELS))
-    assert store.session(sid).analysis.model.prune_layer == 1 and "predictor" in store.session(sid).analysis.orders
-    store.session(sid).layer = 2
+    assert sessions.session(sid).analysis.model.prune_layer == 1 and "predictor" in sessions.session(sid).analysis.orders
+    sessions.session(sid).layer = 2
     steps = list(state.reanalysis_stream(View(0.5, "golden", "predictor", LABELS), session=sid))
-    a = store.session(sid).analysis
+    a = sessions.session(sid).analysis
     assert a.model.prune_layer == 2 and engine.REGISTRY.bundled().prune_layer == 1   # shared model untouched
     assert "exists only for that layer" in a.missing["predictor"]
     assert steps[0]["right"] == "attention" and "from block 2 on" in steps[-2]["agreement"]
     assert "pruned at block 2" in steps[-2]["status"]
-    store.session(sid).layer = None
+    sessions.session(sid).layer = None
 
 
 def test_class_conditioned_golden_and_smallest_keep_ratio(sid, monkeypatch):
@@ -109,14 +109,14 @@ def test_class_conditioned_golden_and_smallest_keep_ratio(sid, monkeypatch):
         seen["target"] = target
         return engine.ranker_order(m, x, "norm")
     monkeypatch.setattr(engine, "golden_order", golden)
-    store.session(sid).golden_target = "class:sandal"
+    sessions.session(sid).golden_target = "class:sandal"
     steps = _stream(sid, str(S.EXAMPLE), View(0.5, "golden", "attention", LABELS))
     assert seen["target"]["score"] == "label" and seen["target"]["classnames"][seen["target"]["labels"][0]] == "sandal"
-    assert H.golden_title(store.session(sid).analysis) == "for 'sandal'"
-    d = store.session(sid).curve
+    assert H.golden_title(sessions.session(sid).analysis) == "for 'sandal'"
+    d = sessions.session(sid).curve
     for name, row in d["rankers"].items():            # kept from min_keep on, and changed just below it
         i = d["ratios"].index(row["min_keep"])
         assert all(t == d["top_class"] for t in row["top1"][i:]), name
         assert row["flip"] is None or row["flip"] < row["min_keep"]
     assert "smallest keep ratio" in steps[-1]["minkeep"]
-    store.session(sid).golden_target = "similarity"
+    sessions.session(sid).golden_target = "similarity"

@@ -31,6 +31,7 @@ def vit_b16():
     return pr.load_model("ViT-B-16", pretrained=None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("keep", [None, 118])
 def test_analytic_equals_flop_counter_vit_b16(vit_b16, keep):
     x = torch.randn(1, 3, 224, 224)

@@ -13,6 +13,7 @@ def _random_vit(name):
     return m, torch.randn(2, 3, *m.image_size)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ViT-B-32", "ViT-B-16"])
 def test_keep_all_equals_open_clip_random_vits(name):
     m, x = _random_vit(name)

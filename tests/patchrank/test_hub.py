@@ -217,11 +217,11 @@ def test_cli_failure_names_flags_not_python(fresh_home, monkeypatch, capsys):
 
 def test_app_switches_to_real_clip_and_keeps_it_on_failure(b32, hub, monkeypatch, tmp_path):
     from tests.app import app_support  # noqa: F401  (the app's temp folder, before gradio loads)
-    from app import engine, handlers as H, store
+    from app import engine, handlers as H, sessions
     _, home, _ = b32
     monkeypatch.setattr(engine, "REGISTRY", engine.ModelRegistry())   # this test's models only
     sid = "test-hub-switch"
-    store.session(sid).model_key = "bundled"
+    sessions.session(sid).model_key = "bundled"
     point_hub(monkeypatch, hub.url, home)
     msg, labels, value = H.load_model("ViT-B-32/openai", "", "", session=sid)   # README's /load_model
     assert msg.startswith("**Loaded** ViT-B-32/openai") and value == "ViT-B-32/openai" and "cat" in labels
@@ -232,13 +232,13 @@ def test_app_switches_to_real_clip_and_keeps_it_on_failure(b32, hub, monkeypatch
     assert "Could not load" in msg and "Make the Hugging Face Hub reachable" in msg and "stays in use" in msg
     assert "timm/vit_base_patch16_clip_224.openai" in msg                 # names the repository
     assert "pr.load_model" not in msg and labels is None and value == "ViT-B-32/openai"
-    assert store.session(sid).model_key == "ViT-B-32/openai"
+    assert sessions.session(sid).model_key == "ViT-B-32/openai"
     cut = tmp_path / "cut.safetensors"                               # a corrupt upload: refused plainly
     cut.write_bytes(pr.predictor.default_path().read_bytes()[:500])
     import gradio as gr
     with pytest.raises(gr.Error, match="not a usable PatchRank predictor.*not a readable"):
         H.upload_predictor(str(cut), session=sid)
-    assert store.session(sid).model_key == "ViT-B-32/openai"
+    assert sessions.session(sid).model_key == "ViT-B-32/openai"
 
 
 # -- predictors that travel -------------------------------------------------------------------------

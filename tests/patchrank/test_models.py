@@ -51,6 +51,7 @@ def test_non_vit_tower_refused():
         pr.load_model("RN50", pretrained=None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("suffix", [".pt", ".safetensors"])
 def test_local_checkpoint_roundtrip(tmp_path, suffix):
     import open_clip
@@ -66,6 +67,7 @@ def test_local_checkpoint_roundtrip(tmp_path, suffix):
     assert m.prune_layer == 3 and m.grid == (7, 7)
 
 
+@pytest.mark.slow
 def test_local_dir(tmp_path):
     import json
 

@@ -251,16 +251,16 @@ def test_default_path_is_the_bundled_predictor(tmp_path, monkeypatch):
 
 def test_cli_train_predictor(tmp_path, bundled):
     """Rankings folder written through the store, bundled-eval images, JSON on stdout."""
-    from patchrank import store
+    from patchrank import rankings
     from patchrank.cli import main
     from patchrank.data.datasets import open_dataset
     ds = open_dataset("bundled-eval", limit=24)
     x = torch.stack([bundled.preprocess(ds.image(i)) for i in range(24)])
     golden = _linear_target(bundled, x)
     out = tmp_path / "rankings"
-    store.prepare(out, bundled.model_id, {"prune_layer": bundled.prune_layer, "score": "synthetic"},
+    rankings.prepare(out, bundled.model_id, {"prune_layer": bundled.prune_layer, "score": "synthetic"},
                   grid=bundled.grid, data="bundled-eval")
-    with store.ShardWriter(out) as w:
+    with rankings.ShardWriter(out) as w:
         for i in range(24):
             w.append(ds.ids[i], golden[i])
     buf = io.StringIO()
@@ -279,13 +279,14 @@ def test_cli_train_predictor(tmp_path, bundled):
     assert rc == 1                          # a run-time error (usage errors are 2)
 
 
+@pytest.mark.slow
 def test_interrupted_training_resumes_where_it_stopped(bundled, tmp_path):
     """A checkpoint after every epoch: killed while epoch 2 of 4 reports (before its checkpoint),
     the rerun redoes epoch 2 from epoch 1's state and ends with the weights an uninterrupted run
     has."""
-    from patchrank import store
+    from patchrank import rankings
     from patchrank.data.datasets import open_dataset
-    meta, ranks = store.load_rankings(ROOT / "assets" / "results" / "golden-eval")
+    meta, ranks = rankings.load_rankings(ROOT / "assets" / "results" / "golden-eval")
     ds = open_dataset("bundled-eval", 64)
     kw = dict(epochs=4, batch=16, loss="margin", seed=3)
     whole = T.train_predictor(bundled, ds, (meta, ranks), **kw)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from PIL import Image
 
-from patchrank import cli, reproduce, results, store, sweep, sweep_cells, sweep_latency, sweep_methods
+from patchrank import cli, reproduce, results, rankings, sweep, sweep_cells, sweep_latency, sweep_methods
 from patchrank.cli import measure
 from patchrank.data import coop
 from patchrank.data.datasets import open_dataset
@@ -154,10 +154,10 @@ def test_sweep_resumes_after_kill_and_refuses_other_settings(m, tmp_path, monkey
 def test_golden_from_ranking_folder(m, tmp_path):
     ds = open_dataset(str(image_folder(tmp_path / "f")))
     rk = tmp_path / "rank"
-    store.prepare(rk, m.model_id, {"score": "similarity", "prune_layer": m.prune_layer}, grid=m.grid)
+    rankings.prepare(rk, m.model_id, {"score": "similarity", "prune_layer": m.prune_layer}, grid=m.grid)
     g = torch.Generator().manual_seed(3)
     orders = {i: torch.randperm(m.num_patches, generator=g) for i in ds.ids}
-    with store.ShardWriter(rk) as w:
+    with rankings.ShardWriter(rk) as w:
         for i, o in orders.items():
             w.append(i, o)
     res = sweep.run_sweep(m, ds, methods=["golden"], ratios=[0.5], out=None, latency_batches=(1,), repeats=1, warmup=0,

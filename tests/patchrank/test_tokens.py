@@ -176,6 +176,7 @@ def _check_acceptance(full: dict, row: dict, margin: float) -> None:
     assert full["acc_tokens"] >= full["acc"] - 1.0 - margin, (full, row)
 
 
+@pytest.mark.slow
 def test_bundled_tokens_recover_pruning_loss(bundled):
     """Issue acceptance: at keep 0.4 the bundled tokens win back at least half of what pruning
     lost, and at keep 1.0 they cost at most 1 point. Checked exactly on the whole evaluation

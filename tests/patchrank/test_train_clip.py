@@ -37,6 +37,7 @@ def test_resumable_only_when_the_past_schedule_is_unchanged():
     assert not TS.resumable(ONE, dict(TWO, seed=1), 4)
 
 
+@pytest.mark.slow
 @needs_fmnist
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     cfg = {"model_cfg": {"embed_dim": 16,

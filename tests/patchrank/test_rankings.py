@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from patchrank import store
+from patchrank import rankings
 from patchrank.data.datasets import open_dataset
 from patchrank.data.images import load_image
 from patchrank.errors import PatchRankError
@@ -29,61 +29,61 @@ def _order(p=6, seed=0):
 
 # -- store ----------------------------------------------------------------------------------------
 def test_roundtrip_and_done_ids(tmp_path):
-    meta = store.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3), data="x")
-    assert meta["settings_hash"] == store.settings_hash("m/1", SETTINGS)
-    with store.ShardWriter(tmp_path, rank=0) as w:
+    meta = rankings.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3), data="x")
+    assert meta["settings_hash"] == rankings.settings_hash("m/1", SETTINGS)
+    with rankings.ShardWriter(tmp_path, rank=0) as w:
         w.append("a", _order(seed=1), torch.tensor([1, 2, 3, 4, 5, 6]))
-    with store.ShardWriter(tmp_path, rank=3) as w:
+    with rankings.ShardWriter(tmp_path, rank=3) as w:
         w.append("b", _order(seed=2))
-    assert store.done_ids(tmp_path) == {"a", "b"}
-    meta2, orders = store.load_rankings(tmp_path)
+    assert rankings.done_ids(tmp_path) == {"a", "b"}
+    meta2, orders = rankings.load_rankings(tmp_path)
     assert meta2 == meta and torch.equal(orders["a"], _order(seed=1))
-    _, both = store.load_rankings(tmp_path, removed_at=True)
+    _, both = rankings.load_rankings(tmp_path, removed_at=True)
     assert both["a"][1].tolist() == [1, 2, 3, 4, 5, 6]
-    assert store.prepare(tmp_path, "m/1", dict(SETTINGS), grid=(2, 3)) == meta   # same: accepted
+    assert rankings.prepare(tmp_path, "m/1", dict(SETTINGS), grid=(2, 3)) == meta   # same: accepted
 
 
 def test_other_settings_or_model_refused(tmp_path):
-    store.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3))
+    rankings.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3))
     with pytest.raises(PatchRankError, match=r"other settings \(step: 10 -> 1\)"):
-        store.prepare(tmp_path, "m/1", {**SETTINGS, "step": 1}, grid=(2, 3))
+        rankings.prepare(tmp_path, "m/1", {**SETTINGS, "step": 1}, grid=(2, 3))
     with pytest.raises(PatchRankError, match="rankings of model m/1, not m/2"):
-        store.prepare(tmp_path, "m/2", SETTINGS, grid=(2, 3))
+        rankings.prepare(tmp_path, "m/2", SETTINGS, grid=(2, 3))
     (tmp_path / "meta.json").unlink()
-    store.ShardWriter(tmp_path).close()
+    rankings.ShardWriter(tmp_path).close()
     with pytest.raises(PatchRankError, match="no meta.json"):
-        store.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3))
+        rankings.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3))
     with pytest.raises(PatchRankError, match="holds no rankings"):
-        store.load_rankings(tmp_path)
+        rankings.load_rankings(tmp_path)
 
 
 def test_partial_tail_is_skipped_then_repaired(tmp_path):
-    store.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3))
-    with store.ShardWriter(tmp_path) as w:
+    rankings.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3))
+    with rankings.ShardWriter(tmp_path) as w:
         w.append("a", _order(seed=1))
     shard = tmp_path / "shard-00000.jsonl"
     with open(shard, "ab") as f:                      # a write cut by kill -9
         f.write(b'{"id":"b","order":[0,1')
-    assert store.done_ids(tmp_path) == {"a"}
-    with store.ShardWriter(tmp_path) as w:            # reopening truncates the partial line
+    assert rankings.done_ids(tmp_path) == {"a"}
+    with rankings.ShardWriter(tmp_path) as w:            # reopening truncates the partial line
         w.append("b", _order(seed=2))
-    assert store.done_ids(tmp_path) == {"a", "b"}
+    assert rankings.done_ids(tmp_path) == {"a", "b"}
     assert shard.read_bytes().count(b"\n") == 2
     with open(shard, "ab") as f:
         f.write(b"garbage\n" + json.dumps({"id": "c", "order": list(range(6))}).encode() + b"\n")
     with pytest.raises(PatchRankError, match="line 3: damaged record"):
-        store.done_ids(tmp_path)
+        rankings.done_ids(tmp_path)
 
 
 def test_bad_records_and_concurrent_writer(tmp_path):
-    store.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3))
-    w = store.ShardWriter(tmp_path)
+    rankings.prepare(tmp_path, "m/1", SETTINGS, grid=(2, 3))
+    w = rankings.ShardWriter(tmp_path)
     with pytest.raises(PatchRankError, match="being written by another process"):
-        store.ShardWriter(tmp_path)
+        rankings.ShardWriter(tmp_path)
     w.append("a", torch.tensor([0, 1, 2]))
     w.close()
     with pytest.raises(PatchRankError, match="not an order of 6 patches"):
-        store.load_rankings(tmp_path)
+        rankings.load_rankings(tmp_path)
 
 
 # -- images ---------------------------------------------------------------------------------------
@@ -203,8 +203,8 @@ def _env():
 
 
 def _same(a, b):
-    meta_a, ra = store.load_rankings(a, removed_at=True)
-    meta_b, rb = store.load_rankings(b, removed_at=True)
+    meta_a, ra = rankings.load_rankings(a, removed_at=True)
+    meta_b, rb = rankings.load_rankings(b, removed_at=True)
     assert meta_a["settings_hash"] == meta_b["settings_hash"] and sorted(ra) == sorted(rb)
     for k in ra:
         assert torch.equal(ra[k][0], rb[k][0]) and torch.equal(ra[k][1], rb[k][1]), k
@@ -244,7 +244,7 @@ def test_kill9_then_resume_equals_clean_run(tmp_path, clean_run, capsys):
     assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
     with open(shard, "ab") as f:                       # as if killed in the middle of a write
         f.write(b'{"id":"bundled-eval/00003","order":[5,')
-    done = len(store.done_ids(out))
+    done = len(rankings.done_ids(out))
     assert 1 <= done < 4
     res = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
