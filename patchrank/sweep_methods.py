@@ -156,25 +156,22 @@ class _Weights:
         self.m, self.given = m, {"predictor": predictor, "tokens": tokens}
         self.loaded: dict[str, Any] = {}
 
-    def predictor(self):
-        if "predictor" not in self.loaded:
-            p = self.given["predictor"]
-            if p is None or isinstance(p, (str, os.PathLike)):
-                p = load_predictor(p, model=self.m)
+    def _get(self, kind: str, load: Any) -> Any:
+        """The given object (checked against the model) or the file it names (loaded), once."""
+        if kind not in self.loaded:
+            given = self.given[kind]
+            if given is None or isinstance(given, (str, os.PathLike)):
+                given = load(given, model=self.m)
             else:
-                p.check_model(self.m)
-            self.loaded["predictor"] = p.eval()
-        return self.loaded["predictor"]
+                given.check_model(self.m)
+            self.loaded[kind] = given.eval() if hasattr(given, "eval") else given
+        return self.loaded[kind]
+
+    def predictor(self):
+        return self._get("predictor", load_predictor)
 
     def tokens(self):
-        if "tokens" not in self.loaded:
-            t = self.given["tokens"]
-            if t is None or isinstance(t, (str, os.PathLike)):
-                t = load_tokens(t, model=self.m)
-            else:
-                t.check_model(self.m)
-            self.loaded["tokens"] = t.eval() if hasattr(t, "eval") else t
-        return self.loaded["tokens"]
+        return self._get("tokens", load_tokens)
 
 
 def _ranker_method(name: str, base: str, weights: _Weights, extra: dict | None) -> Method:
