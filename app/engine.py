@@ -23,6 +23,7 @@ from patchrank import ordering
 from patchrank.errors import ModelMismatch, PatchRankError, WeightsUnavailable
 from patchrank.timing import interleaved
 
+from . import precision
 from .sessions import LRU
 
 ON_SPACES = bool(os.environ.get("SPACE_ID"))
@@ -141,7 +142,7 @@ def describe(m: pr.PatchModel) -> str:
     rows, cols = m.grid
     return (f"{m.name}{'/' + str(m.pretrained) if m.pretrained and len(str(m.pretrained)) < 40 else ''}: "
             f"{rows}x{cols} = {m.num_patches} patches, {m.num_layers} blocks, pruned at the input of "
-            f"block {m.prune_layer}, {float(pr.flops(m)):.2f} GFLOPs unpruned")
+            f"block {m.prune_layer}, {float(pr.flops(m)):.2f} GFLOPs unpruned; {precision.describe(m)}")
 
 
 # -- rankers --------------------------------------------------------------------------------------
@@ -333,8 +334,9 @@ def prefix(m: pr.PatchModel, x: torch.Tensor) -> torch.Tensor:
 
 # -- embeddings and timing ------------------------------------------------------------------------
 def embed_full(m: pr.PatchModel, x: torch.Tensor) -> torch.Tensor:
+    """The unpruned embedding [E] (float32), computed in the app's format (``precision``)."""
     with torch.inference_mode():
-        return m.encode_image(x)[0].float().cpu()
+        return precision.inference_model(m).encode_image(x)[0].float().cpu()
 
 
 def embed_kept(m: pr.PatchModel, x: torch.Tensor, keep_ids: list[np.ndarray], tokens=None) -> torch.Tensor:
@@ -342,12 +344,12 @@ def embed_kept(m: pr.PatchModel, x: torch.Tensor, keep_ids: list[np.ndarray], to
     ``tokens``: learnable tokens appended after the pruning."""
     ids = torch.as_tensor(np.sort(np.stack(keep_ids), axis=1), dtype=torch.long)
     with torch.inference_mode():
-        return m.encode_image(x.expand(len(keep_ids), -1, -1, -1), keep=ids, tokens=tokens).float().cpu()
+        return precision.inference_model(m).encode_image(x.expand(len(keep_ids), -1, -1, -1), keep=ids, tokens=tokens).float().cpu()
 
 
 def embed_merged(m: pr.PatchModel, x: torch.Tensor, ratio: float, name: str, tokens=None) -> torch.Tensor:
     with torch.inference_mode():
-        return m.encode_image(x, keep_ratio=ratio, ranker=name, tokens=tokens)[0].float().cpu()
+        return precision.inference_model(m).encode_image(x, keep_ratio=ratio, ranker=name, tokens=tokens)[0].float().cpu()
 
 
 def probs(m: pr.PatchModel, labels: list[str], emb: torch.Tensor, tokens=None) -> np.ndarray:
@@ -360,8 +362,10 @@ def probs(m: pr.PatchModel, labels: list[str], emb: torch.Tensor, tokens=None) -
 
 def time_forward(m: pr.PatchModel, x: torch.Tensor, keep_ids: np.ndarray | None,
                  repeats: int = 3, tokens=None) -> tuple[float, float]:
-    """Median ms of the pruned and the full forward of one image, interleaved, after a warm-up."""
+    """Median ms of the pruned and the full forward of one image, interleaved, after a warm-up,
+    in the app's format (``precision``)."""
     ids = None if keep_ids is None else torch.as_tensor(np.sort(keep_ids), dtype=torch.long)[None]
+    m = precision.inference_model(m)
     with torch.inference_mode():
         t = interleaved({"pruned": lambda: m.encode_image(x, keep=ids, tokens=tokens),
                          "full": lambda: m.encode_image(x)}, repeats=repeats)

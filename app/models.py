@@ -14,6 +14,7 @@ import time
 import app.engine as engine
 import app.example_cache as example_cache
 import app.messages as messages
+import app.precision as precision
 from .analysis import default_golden_mode, fail, model_for, predictor_for
 from .examples import example_files
 from .inputs import InputError, check_choice
@@ -35,6 +36,7 @@ def load_model(choice: str, arch: str = "", path: str = "", *, session: str | No
     try:
         with downloads_shown(report, choice) as seen:     # size in MB and time left on the bar
             key, m = engine.REGISTRY.load(choice, arch, path)
+            precision.inference_model(m)            # its bf16 copy, where the CPU runs bf16 fast
     except Exception as e:  # any reason a load fails is told to the user; the app carries on
         prev = sess.model_key
         msg = messages.model_load_failure(choice, arch, path, e, prev)
@@ -74,7 +76,7 @@ def preload_on_spaces() -> None:
     if engine.ON_SPACES and os.environ.get("PATCHRANK_PRELOAD", "1") != "0":
         def work():
             try:
-                engine.REGISTRY.load(engine.SPACES_DEFAULT)
+                precision.inference_model(engine.REGISTRY.load(engine.SPACES_DEFAULT)[1])
             except Exception as e:  # the app still works with the bundled model
                 print(f"[patchrank] preload of {engine.SPACES_DEFAULT} failed: {e}")
         threading.Thread(target=work, daemon=True, name="preload").start()

@@ -13,6 +13,7 @@ from patchrank import predictor_list, scene_check
 
 import app.engine as engine
 import app.example_cache as example_cache
+import app.precision as precision
 import app.predictors as P
 import app.render as render
 import app.scene_note as scene_note
@@ -54,6 +55,7 @@ of one transformer block, as in *Patch Ranking: Efficient CLIP by Learning to Ra
 def build_demo(golden_mode: str = "exact") -> gr.Blocks:
     """The whole app as a ``gr.Blocks`` (queue set, not launched). ``golden_mode``: the golden
     search selected at start ("exact" or "fast")."""
+    precision.forced_format()                  # a bad PATCHRANK_APP_DTYPE stops the start, said plainly
     m = engine.REGISTRY.bundled()              # load once at startup; shared read-only
     preload_on_spaces()
     example_cache.WARMER.follow("bundled", m, golden_mode, example_files())   # examples' golden

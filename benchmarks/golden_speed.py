@@ -36,7 +36,8 @@ from patchrank.figures import grid_table  # noqa: E402
 from patchrank import metrics  # noqa: E402
 from patchrank.golden import DEFAULT_BUDGET_MB, golden_ranking  # noqa: E402
 from patchrank.golden_scorer import variant_bytes as _variant_bytes  # noqa: E402
-from patchrank.timing import interleaved  # noqa: E402
+from patchrank.hardware import bf16_unit, cpu_name  # noqa: E402
+from patchrank.timing import matmul_rate  # noqa: E402
 
 DEFAULT_STOP = {"bundled": 0.6, "ViT-B-16": 0.95}
 
@@ -49,20 +50,7 @@ def matmul_at_shape(m, dtype: torch.dtype, budget_mb: float, repeats: int = 5,
     elt = torch.finfo(dtype).bits // 8
     chunk = max(1, int(budget_mb * 2 ** 20 // _variant_bytes(m.visual, tokens, elt)))
     rows = min(chunk * tokens, max_rows)
-    a, b = torch.randn(rows, d).to(dtype), torch.randn(d, 4 * d).to(dtype)
-    r = interleaved({"mm": lambda: a @ b}, repeats=repeats)["mm"]
-    flop = 2 * rows * d * 4 * d
-    return {"shape": [rows, d, 4 * d], "gflops_best": flop / r["min_ms"] / 1e6,
-            "gflops_median": flop / r["median_ms"] / 1e6}
-
-
-def fast_bf16() -> bool:
-    """Whether this CPU has bf16 matrix instructions (AMX or avx512_bf16)."""
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "amx_bf16" in flags or "avx512_bf16" in flags or torch.cuda.is_available()
+    return matmul_rate(rows, d, 4 * d, dtype, repeats)
 
 
 def search(m, xs, dtype, step, stop_at, budget) -> dict:
@@ -102,7 +90,7 @@ def main(argv=None) -> int:
         fp32_orders = None
         for dname in a.dtypes.split(","):
             dtype = getattr(torch, dname)
-            slow = dtype != torch.float32 and not (fast_bf16() or a.force_bf16)
+            slow = dtype != torch.float32 and not (bf16_unit() or torch.cuda.is_available() or a.force_bf16)
             before = matmul_at_shape(m, dtype, a.budget_mb, repeats=2 if slow else 5,
                                      max_rows=256 if slow else 32768)
             if slow:
@@ -137,6 +125,7 @@ def main(argv=None) -> int:
     for s in skipped:
         print(f"\nskipped {s['model']} {s['dtype']}: {s['why']}: {s['matmul_gflops']} GFLOP/s")
     out = {"threads": a.threads, "budget_mb": a.budget_mb, "rows": rows, "skipped": skipped,
+           "cpu": cpu_name(), "bf16_unit": bf16_unit(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if a.json:
         with open(a.json, "w") as f:

@@ -5,9 +5,12 @@
 Per batch size and keep ratio: median/min latency (interleaved repeats), measured speedup vs the
 stock open_clip ``encode_image``, FLOP-ideal speedup (open_clip's standard FLOPs / the FLOPs
 PatchRank's forward executes, ``FlopCount.executed``: its last block runs for CLS only) and their
-ratio, and achieved GFLOP/s next to the dense matmul GFLOP/s of the same dtype, measured in the
-same run. bfloat16 is timed only where the CPU accelerates it (AMX / avx512_bf16): elsewhere a
-bf16 matmul is orders of magnitude slower than fp32 and the row is reported as skipped.
+ratio ("ratio"); the same for the pruning alone, against PatchRank's own unpruned forward
+("vs own keep 1.0": does cutting tokens save the time its FLOPs promise?), and achieved GFLOP/s
+next to the dense matmul GFLOP/s of the same dtype (the faster of torch's matmul and the
+prepacked linear, ``timing.matmul_rate``), measured in the same run. bfloat16 is timed only
+where the CPU accelerates it (AMX / avx512_bf16): elsewhere a bf16 matmul is orders of
+magnitude slower than fp32 and the row is reported as skipped.
 Rows "predictor R" prune with a random-init predictor (``encode_image(keep_ratio=R,
 ranker=predictor)``: prefix, predictor, top-k, gather, suffix); their FLOP-ideal is the pruned
 encoder's alone, so the predictor's own cost counts against them (the project's bar: >= 0.93 at batch 8).
@@ -26,6 +29,7 @@ import torch  # noqa: E402
 
 import patchrank as pr  # noqa: E402
 from patchrank.figures import grid_table  # noqa: E402
+from patchrank.hardware import bf16_unit, cpu_name  # noqa: E402
 from patchrank.predictor import Predictor  # noqa: E402
 from patchrank.timing import interleaved, matmul_gflops  # noqa: E402
 
@@ -37,6 +41,7 @@ def bench_dtype(m, dtype, batches, repeats):
     ceiling = matmul_gflops(dtype)
     rows = []
     full_flops = float(pr.flops(m))   # stock open_clip runs the standard count; ours .executed
+    own_flops = pr.flops(m).executed
     pred = Predictor.for_model(m)   # random init: only its cost matters here
     for b in batches:
         torch.manual_seed(0)
@@ -51,7 +56,7 @@ def bench_dtype(m, dtype, batches, repeats):
             fns[f"predictor {r}"] = lambda x=x, r=r: m.encode_image(x, keep_ratio=r, ranker=pred)
         with torch.inference_mode():
             t = interleaved(fns, repeats=repeats)
-        base = t["open_clip"]["median_ms"]
+        base, own = t["open_clip"]["median_ms"], t["keep 1.0"]["median_ms"]
         for name, res in t.items():
             k = m.num_patches if name == "open_clip" else m.keep_count(float(name.split()[1]))
             gf = full_flops if name == "open_clip" else pr.flops(m, keep=k).executed
@@ -61,6 +66,7 @@ def bench_dtype(m, dtype, batches, repeats):
                          "gflops_per_image": round(gf, 3), "median_ms": round(res["median_ms"], 1),
                          "min_ms": round(res["min_ms"], 1), "speedup": round(speed, 3),
                          "ideal_speedup": round(ideal, 3), "speedup_vs_ideal": round(speed / ideal, 3),
+                         "pruning_vs_ideal": round(own / res["median_ms"] / (own_flops / gf), 3),
                          "achieved_gflops": round(gf * b / res["min_ms"] * 1e3, 1),
                          "matmul_gflops": round(ceiling["gflops_best"], 1)})
     return rows, ceiling
@@ -77,7 +83,8 @@ def main(argv=None) -> int:
     torch.set_num_threads(a.threads)
     batches = [int(b) for b in a.batches.split(",")]
     m = pr.load_model(a.model, pretrained=None)
-    out = {"model": a.model, "prune_layer": m.prune_layer, "threads": a.threads, "rows": [], "skipped": []}
+    out = {"model": a.model, "prune_layer": m.prune_layer, "threads": a.threads, "cpu": cpu_name(),
+           "bf16_unit": bf16_unit(), "rows": [], "skipped": []}
     fp32_ceiling = None
     for dtype in (torch.float32, torch.bfloat16):
         if dtype != torch.float32:
@@ -92,9 +99,10 @@ def main(argv=None) -> int:
         out["rows"] += rows
         out.setdefault("matmul", []).append(ceiling)
     keys = ["dtype", "batch", "config", "kept", "gflops_per_image", "median_ms", "min_ms", "speedup",
-            "ideal_speedup", "speedup_vs_ideal", "achieved_gflops", "matmul_gflops"]
+            "ideal_speedup", "speedup_vs_ideal", "pruning_vs_ideal", "achieved_gflops", "matmul_gflops"]
+    print(f"CPU: {out['cpu']} (bf16 unit: {out['bf16_unit'] or 'none'}), {a.threads} threads")
     print(grid_table(["dtype", "batch", "config", "kept", "GFLOPs/img", "median ms", "min ms",
-                          "speedup", "FLOP-ideal", "ratio", "GFLOP/s", "matmul GFLOP/s"],
+                          "speedup", "FLOP-ideal", "ratio", "vs own keep 1.0", "GFLOP/s", "matmul GFLOP/s"],
                          [[r[k] for k in keys] for r in out["rows"]]))
     for s in out["skipped"]:
         print(f"\nskipped {s['dtype']}: {s['why']} (512^2 matmul: {s['matmul_gflops_512']} GFLOP/s)")

@@ -20,6 +20,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 
+from . import prepacked
 from .errors import PatchRankError
 
 
@@ -40,7 +41,9 @@ def run_block(blk, h: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
     """One block: ``ResidualAttentionBlock.forward`` with the attention written as a QKV
     projection and ``F.scaled_dot_product_attention`` instead of ``nn.MultiheadAttention``'s fast
     path (bmm + softmax + copies): the same maths to ~1e-6 (tested), and fewer copies, which
-    matters most at small widths (``benchmarks/pruned_speed.py`` measures the whole forward).
+    matters most at small widths; its linears run on prepacked weights (``prepacked``: the
+    matmuls at full rate when pruning leaves few tokens; ``benchmarks/pruned_speed.py`` measures
+    the whole forward).
     Other block types run as is.
 
     ``cls_only``: the CLS output alone, [B,T,D] -> [B,1,D]. Every token still supplies keys and
@@ -55,17 +58,29 @@ def run_block(blk, h: torch.Tensor, cls_only: bool = False) -> torch.Tensor:
     a = blk.attn
     b, t, d = h.shape
     heads = a.num_heads
+    w, bias = a.in_proj_weight, a.in_proj_bias
     y = blk.ln_1(h)
     if cls_only:
-        q = F.linear(y[:, :1], a.in_proj_weight[:d], a.in_proj_bias[:d]).view(b, 1, 1, heads, d // heads)
-        kv = F.linear(y, a.in_proj_weight[d:], a.in_proj_bias[d:]).view(b, t, 2, heads, d // heads)
+        q = prepacked.linear(y[:, :1], w, bias, rows=slice(0, d)).view(b, 1, 1, heads, d // heads)
+        kv = prepacked.linear(y, w, bias, rows=slice(d, None)).view(b, t, 2, heads, d // heads)
         q, (k, v), h = q.permute(2, 0, 3, 1, 4)[0], kv.permute(2, 0, 3, 1, 4), h[:, :1]
     else:
-        qkv = F.linear(y, a.in_proj_weight, a.in_proj_bias).view(b, t, 3, heads, d // heads)
+        qkv = prepacked.linear(y, w, bias).view(b, t, 3, heads, d // heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4)
     o = F.scaled_dot_product_attention(q, k, v, dropout_p=a.dropout if blk.training else 0.0)
-    x = h + blk.ls_1(a.out_proj(o.transpose(1, 2).reshape(b, q.shape[2], d)))
-    return x + blk.ls_2(blk.mlp(blk.ln_2(x)))
+    o = prepacked.linear(o.transpose(1, 2).reshape(b, q.shape[2], d), a.out_proj.weight, a.out_proj.bias)
+    x = h + blk.ls_1(o)
+    return x + blk.ls_2(run_mlp(blk.mlp, blk.ln_2(x)))
+
+
+def run_mlp(mlp: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """open_clip's MLP (``c_fc``, activation, ``c_proj``) with its linears prepacked; any other
+    MLP module runs as is."""
+    if not isinstance(mlp, torch.nn.Sequential):
+        return mlp(x)
+    for layer in mlp:
+        x = prepacked.linear(x, layer.weight, layer.bias) if type(layer) is torch.nn.Linear else layer(x)
+    return x
 
 
 def run_prefix(visual, x: torch.Tensor, prune_layer: int) -> torch.Tensor:

@@ -4,6 +4,7 @@ pruned forward, zero-shot heads). ``loading.load_model`` makes one from a name a
 """
 from __future__ import annotations
 
+import copy
 import functools
 import hashlib
 from typing import Sequence
@@ -59,6 +60,25 @@ class PatchModel:
         other._zs_cache = self._zs_cache       # text embeddings do not depend on the layer
         return other
 
+    def with_dtype(self, dtype: torch.dtype) -> "PatchModel":
+        """The same model with its image tower computing in ``dtype`` (e.g. bfloat16 on a CPU
+        with AMX, ``hardware.bf16_unit``): a converted copy of the image tower only; the text
+        tower, text classifiers, id and prune layer are shared, so class probabilities compare
+        directly with this model's. ``self`` is unchanged (other requests may be using it).
+        Golden search stays in float32: a bf16 golden order ranks rounding (README, "No bf16
+        golden mode")."""
+        if dtype == self.dtype:
+            return self
+        clip = copy.copy(self.clip)                    # a shallow clone: shares the text side
+        clip._modules = dict(self.clip._modules)
+        clip._modules["visual"] = copy.deepcopy(self.visual).to(dtype)
+        other = PatchModel(clip, self.preprocess, self.tokenizer, name=self.name,
+                           pretrained=self.pretrained, prune_layer=self.prune_layer,
+                           model_id=self.model_id, templates=self.templates,
+                           classnames=self.classnames, set_eval=False)
+        other._zs_cache = self._zs_cache               # text embeddings do not depend on it
+        return other
+
     @functools.cached_property
     def fingerprint(self) -> str:
         """Hash of the weights (``weights_fingerprint``): the same for the same weights, whatever
@@ -102,11 +122,12 @@ class PatchModel:
 
     @property
     def dtype(self) -> torch.dtype:
-        return next(self.clip.parameters()).dtype
+        """What the image tower computes in (the text tower may differ: ``with_dtype``)."""
+        return next(self.visual.parameters()).dtype
 
     @property
     def device(self) -> torch.device:
-        return next(self.clip.parameters()).device
+        return next(self.visual.parameters()).device
 
     @property
     def prune_layer(self) -> int:

@@ -12,6 +12,8 @@ from typing import Any, Callable
 
 import torch
 
+from . import prepacked
+
 
 def interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int = 1,
                 clock: Callable[[], float] = time.perf_counter,
@@ -38,10 +40,25 @@ def interleaved(fns: dict[str, Callable[[], Any]], repeats: int = 7, warmup: int
 
 
 def matmul_gflops(dtype: torch.dtype = torch.float32, n: int = 2048, repeats: int = 5) -> dict:
-    """Dense n x n @ n x n matmul throughput (2*n^3 FLOPs per product): the machine's ceiling
-    for ``dtype``, measured in the same run as what it is compared with."""
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    r = interleaved({"mm": lambda: a @ b}, repeats=repeats)["mm"]
-    flop = 2 * n ** 3
-    return {"dtype": str(dtype).replace("torch.", ""), "n": n,
-            "gflops_median": flop / r["median_ms"] / 1e6, "gflops_best": flop / r["min_ms"] / 1e6}
+    """Dense n x n @ n x n matmul throughput: the machine's ceiling for ``dtype`` (``matmul_rate``)."""
+    return matmul_rate(n, n, n, dtype, repeats)
+
+
+def matmul_rate(rows: int, inner: int, cols: int, dtype: torch.dtype = torch.float32,
+                repeats: int = 5) -> dict:
+    """Throughput of a [rows, inner] @ [inner, cols] product (2*rows*inner*cols FLOPs), the best
+    of torch's matmul and the prepacked linear the pruned forward runs (``prepacked``), each
+    timed ``repeats`` times, interleaved: the ceiling what is compared with it could reach,
+    measured in the same run."""
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(rows, inner, generator=g).to(dtype)
+    w = torch.randn(cols, inner, generator=g).to(dtype)
+    wt = w.t().contiguous()
+    with torch.inference_mode():
+        r = interleaved({"matmul": lambda: a @ wt, "prepacked": lambda: prepacked.linear(a, w)},
+                        repeats=repeats)
+    flop = 2 * rows * inner * cols
+    best = min(r, key=lambda k: r[k]["min_ms"])
+    return {"dtype": str(dtype).replace("torch.", ""), "shape": [rows, inner, cols], "kernel": best,
+            "gflops_median": flop / r[best]["median_ms"] / 1e6, "gflops_best": flop / r[best]["min_ms"] / 1e6,
+            "gflops_matmul": flop / r["matmul"]["min_ms"] / 1e6}
