@@ -2,6 +2,9 @@
 
     python benchmarks/pruned_speed.py [--model ViT-B-16] [--batches 1,8] [--repeats 7] [--json out.json]
 
+(``--repeats`` rounds at batch 8; a batch of b runs 8/b times as many, so every row is timed
+over about the same number of images: single-image times are short and noisier.)
+
 Per batch size and keep ratio: median/min latency (interleaved repeats), measured speedup vs the
 stock open_clip ``encode_image``, FLOP-ideal speedup (open_clip's standard FLOPs / the FLOPs
 PatchRank's forward executes, ``FlopCount.executed``: its last block runs for CLS only) and their
@@ -55,7 +58,7 @@ def bench_dtype(m, dtype, batches, repeats):
         for r in PREDICTOR_RATIOS:
             fns[f"predictor {r}"] = lambda x=x, r=r: m.encode_image(x, keep_ratio=r, ranker=pred)
         with torch.inference_mode():
-            t = interleaved(fns, repeats=repeats)
+            t = interleaved(fns, repeats=repeats * max(1, 8 // b))   # small batches: more rounds
         base, own = t["open_clip"]["median_ms"], t["keep 1.0"]["median_ms"]
         for name, res in t.items():
             k = m.num_patches if name == "open_clip" else m.keep_count(float(name.split()[1]))
