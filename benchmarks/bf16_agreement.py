@@ -15,7 +15,6 @@ Writes ``benchmarks/results/bf16_agreement.json`` by default.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -27,6 +26,7 @@ import torch  # noqa: E402
 import patchrank as pr  # noqa: E402
 from patchrank.dtype_agreement import agreement  # noqa: E402
 from patchrank.figures import grid_table  # noqa: E402
+from patchrank.files import write_json  # noqa: E402
 from patchrank.hardware import bf16_unit, cpu_name  # noqa: E402
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", "bf16_agreement.json")
@@ -55,8 +55,7 @@ def main(argv=None) -> int:
              for name, rows in out["models"].items() for r in rows]
     print(grid_table(["model", "forward", "images", "cosine min", "cosine median", "top-1 agree %"], table))
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(a.json, out)
     return 0
 
 

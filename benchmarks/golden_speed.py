@@ -21,7 +21,6 @@ takes minutes per image on 2 CPU cores. Override with --step / --stop-at.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import time
@@ -33,6 +32,7 @@ import torch  # noqa: E402
 
 import patchrank as pr  # noqa: E402
 from patchrank.figures import grid_table  # noqa: E402
+from patchrank.files import write_json  # noqa: E402
 from patchrank import metrics  # noqa: E402
 from patchrank.golden import DEFAULT_BUDGET_MB, golden_ranking  # noqa: E402
 from patchrank.golden_scorer import variant_bytes as _variant_bytes  # noqa: E402
@@ -128,8 +128,7 @@ def main(argv=None) -> int:
            "cpu": cpu_name(), "bf16_unit": bf16_unit(),
            "cpu_capability": torch.backends.cpu.get_cpu_capability()}
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(a.json, out)
     return 0
 
 

@@ -21,7 +21,6 @@ encoder's alone, so the predictor's own cost counts against them (the project's 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -32,6 +31,7 @@ import torch  # noqa: E402
 
 import patchrank as pr  # noqa: E402
 from patchrank.figures import grid_table  # noqa: E402
+from patchrank.files import write_json  # noqa: E402
 from patchrank.hardware import bf16_unit, cpu_name  # noqa: E402
 from patchrank.predictor import Predictor  # noqa: E402
 from patchrank.timing import interleaved, matmul_gflops  # noqa: E402
@@ -110,8 +110,7 @@ def main(argv=None) -> int:
     for s in out["skipped"]:
         print(f"\nskipped {s['dtype']}: {s['why']} (512^2 matmul: {s['matmul_gflops_512']} GFLOP/s)")
     if a.json:
-        with open(a.json, "w") as f:
-            json.dump(out, f, indent=1)
+        write_json(a.json, out)
     return 0
 
 
