@@ -344,12 +344,15 @@ def embed_kept(m: pr.PatchModel, x: torch.Tensor, keep_ids: list[np.ndarray], to
     ``tokens``: learnable tokens appended after the pruning."""
     ids = torch.as_tensor(np.sort(np.stack(keep_ids), axis=1), dtype=torch.long)
     with torch.inference_mode():
-        return precision.inference_model(m).encode_image(x.expand(len(keep_ids), -1, -1, -1), keep=ids, tokens=tokens).float().cpu()
+        out = precision.inference_model(m).encode_image(x.expand(len(keep_ids), -1, -1, -1), keep=ids,
+                                                        tokens=tokens)
+    return out.float().cpu()
 
 
 def embed_merged(m: pr.PatchModel, x: torch.Tensor, ratio: float, name: str, tokens=None) -> torch.Tensor:
     with torch.inference_mode():
-        return precision.inference_model(m).encode_image(x, keep_ratio=ratio, ranker=name, tokens=tokens)[0].float().cpu()
+        out = precision.inference_model(m).encode_image(x, keep_ratio=ratio, ranker=name, tokens=tokens)
+    return out[0].float().cpu()
 
 
 def probs(m: pr.PatchModel, labels: list[str], emb: torch.Tensor, tokens=None) -> np.ndarray:
