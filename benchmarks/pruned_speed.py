@@ -2,6 +2,10 @@
 
     python benchmarks/pruned_speed.py [--model ViT-B-16] [--batches 1,8] [--repeats 7] [--json out.json]
 
+``--plain`` adds rows "keep R plain": the same forward with its linears on plain ``F.linear``
+(``prepacked.off()``), the path before prepacked weights, timed in the same interleaved run, so
+one command on any CPU shows what prepacking buys there.
+
 (``--repeats`` rounds at batch 8; a batch of b runs 8/b times as many, so every row is timed
 over about the same number of images: single-image times are short and noisier.)
 
@@ -33,6 +37,7 @@ import patchrank as pr  # noqa: E402
 from patchrank.figures import grid_table  # noqa: E402
 from patchrank.files import write_json  # noqa: E402
 from patchrank.hardware import bf16_unit, cpu_name  # noqa: E402
+from patchrank import prepacked  # noqa: E402
 from patchrank.predictor import Predictor  # noqa: E402
 from patchrank.timing import interleaved, matmul_gflops  # noqa: E402
 
@@ -40,7 +45,15 @@ RATIOS = (1.0, 0.8, 0.6, 0.4)
 PREDICTOR_RATIOS = (0.6,)
 
 
-def bench_dtype(m, dtype, batches, repeats):
+def plain(fn):
+    """``fn`` with the linears on plain ``F.linear`` (the path before prepacked weights)."""
+    def run():
+        with prepacked.off():
+            return fn()
+    return run
+
+
+def bench_dtype(m, dtype, batches, repeats, with_plain=False):
     ceiling = matmul_gflops(dtype)
     rows = []
     full_flops = float(pr.flops(m))   # stock open_clip runs the standard count; ours .executed
@@ -55,12 +68,15 @@ def bench_dtype(m, dtype, batches, repeats):
             k = m.keep_count(r)
             keeps[r] = torch.stack([torch.randperm(m.num_patches)[:k] for _ in range(b)])
             fns[f"keep {r}"] = lambda x=x, keep=keeps[r]: m.encode_image(x, keep=keep)
+            if with_plain:
+                fns[f"keep {r} plain"] = plain(fns[f"keep {r}"])
         for r in PREDICTOR_RATIOS:
             fns[f"predictor {r}"] = lambda x=x, r=r: m.encode_image(x, keep_ratio=r, ranker=pred)
         with torch.inference_mode():
             t = interleaved(fns, repeats=repeats * max(1, 8 // b))   # small batches: more rounds
-        base, own = t["open_clip"]["median_ms"], t["keep 1.0"]["median_ms"]
+        base = t["open_clip"]["median_ms"]
         for name, res in t.items():
+            own = t["keep 1.0 plain" if name.endswith(" plain") else "keep 1.0"]["median_ms"]
             k = m.num_patches if name == "open_clip" else m.keep_count(float(name.split()[1]))
             gf = full_flops if name == "open_clip" else pr.flops(m, keep=k).executed
             ideal = full_flops / gf
@@ -81,6 +97,8 @@ def main(argv=None) -> int:
     ap.add_argument("--batches", default="1,8")
     ap.add_argument("--repeats", type=int, default=7)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--plain", action="store_true",
+                    help="also time every keep ratio on plain F.linear (rows 'keep R plain'), in the same run")
     ap.add_argument("--json", default=None)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
@@ -97,7 +115,7 @@ def main(argv=None) -> int:
                                        "why": "this CPU does not accelerate bf16 matmuls (no AMX/avx512_bf16)"})
                 continue
             m.clip.to(dtype)
-        rows, ceiling = bench_dtype(m, dtype, batches, a.repeats)
+        rows, ceiling = bench_dtype(m, dtype, batches, a.repeats, with_plain=a.plain)
         fp32_ceiling = fp32_ceiling or ceiling
         out["rows"] += rows
         out.setdefault("matmul", []).append(ceiling)

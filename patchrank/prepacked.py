@@ -28,11 +28,13 @@ of the last block's QKV packed apart for its CLS-only pass; ``clear()`` frees th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import warnings
 import weakref
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -40,12 +42,27 @@ import torch.nn.functional as F
 _DTYPES = (torch.float32, torch.bfloat16)
 _CACHE: dict[tuple, "_Entry"] = {}     # (id(weight), rows) -> the packed weight
 _LOCK = threading.Lock()
+_LOCAL = threading.local()             # .off: prepacking switched off in this thread (``off``)
 _WORKS: dict[torch.dtype, bool] = {}   # dtype -> this torch build packs and agrees with F.linear
 
 
 def enabled() -> bool:
-    """Whether prepacking may run at all (``PATCHRANK_PREPACK=0`` switches it off)."""
-    return os.environ.get("PATCHRANK_PREPACK", "1") != "0" and torch.backends.mkldnn.is_available()
+    """Whether prepacking may run at all in this thread (``PATCHRANK_PREPACK=0`` switches it off
+    everywhere, ``off()`` for a block)."""
+    return (os.environ.get("PATCHRANK_PREPACK", "1") != "0" and not getattr(_LOCAL, "off", False)
+            and torch.backends.mkldnn.is_available())
+
+
+@contextlib.contextmanager
+def off() -> Iterator[None]:
+    """Plain ``F.linear`` inside the block, in this thread only: to time both paths in one run
+    (``benchmarks/pruned_speed.py --plain``)."""
+    before = getattr(_LOCAL, "off", False)
+    _LOCAL.off = True
+    try:
+        yield
+    finally:
+        _LOCAL.off = before
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None,

@@ -298,3 +298,23 @@ def test_autocast_and_jit_trace_take_plain_path():
         lin.bias.requires_grad_(False)
         traced = torch.jit.trace(lambda t: prepacked.linear(t, lin.weight, lin.bias), x, check_trace=False)
     assert not prepacked._CACHE and torch.allclose(traced(x), F.linear(x, lin.weight, lin.bias))
+
+
+def test_off_block_is_plain_in_its_thread_only():
+    """``off()`` gives F.linear inside the block (nothing packed), restores after it, even on an
+    exception, and leaves other threads packing."""
+    lin = torch.nn.Linear(D, D)
+    x = torch.randn(4, D)
+    seen = []
+    with torch.inference_mode():
+        with prepacked.off():
+            assert torch.equal(prepacked.linear(x, lin.weight, lin.bias), F.linear(x, lin.weight, lin.bias))
+            other = threading.Thread(target=lambda: seen.append(prepacked.enabled()))
+            other.start()
+            other.join()
+        assert not prepacked._CACHE and seen == [True]
+        with pytest.raises(RuntimeError), prepacked.off():
+            raise RuntimeError("inside")
+        assert prepacked.enabled()
+        prepacked.linear(x, lin.weight, lin.bias)
+    assert _entries(lin.weight) == 1
