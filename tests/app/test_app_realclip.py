@@ -53,13 +53,19 @@ def listed(b32, hub, tmp_path_factory):
     return d / "list.json"
 
 
-@pytest.fixture
-def on_b32(b32, hub, listed, monkeypatch):
-    """A session on ViT-B-32/openai (from the stand-in, cached), the list in the environment."""
+def _real_clip_setting(b32, hub, listed, monkeypatch) -> None:
+    """A fresh model registry, the stand-in Hub serving ViT-B-32/openai, the predictor list in
+    the environment and a fast golden stand-in: what every real-CLIP app test starts from."""
     monkeypatch.setattr(engine, "REGISTRY", engine.ModelRegistry())
     point_hub(monkeypatch, hub.url, b32[1])
     monkeypatch.setenv(predictor_list.ENV, str(listed))
     S.fast_golden(monkeypatch)
+
+
+@pytest.fixture
+def on_b32(b32, hub, listed, monkeypatch):
+    """A session on ViT-B-32/openai (from the stand-in, cached), the list in the environment."""
+    _real_clip_setting(b32, hub, listed, monkeypatch)
     sid = f"realclip-{time.monotonic_ns()}"
     msg, _, _ = H.load_model("ViT-B-32/openai", session=sid)
     assert msg.startswith("**Loaded**") and "MB downloaded" not in msg        # from the cache
@@ -248,10 +254,7 @@ def test_background_thread_stops_on_model_switch_and_pauses_for_requests(bundled
 @pytest.fixture
 def served(b32, hub, listed, monkeypatch):
     from gradio_client import Client
-    monkeypatch.setattr(engine, "REGISTRY", engine.ModelRegistry())
-    point_hub(monkeypatch, hub.url, b32[1])
-    monkeypatch.setenv(predictor_list.ENV, str(listed))
-    S.fast_golden(monkeypatch)
+    _real_clip_setting(b32, hub, listed, monkeypatch)
     with S.running_app(golden_mode="fast") as url:
         yield Client(url, verbose=False, analytics_enabled=False)
 
